@@ -9,7 +9,9 @@ gamma 0.99, standardised reward-to-go, one update per episode. (Its own stopping
 exponential average > 475; here both are judged by the 100-episode average.)
 """
 import argparse
+import contextlib
 import importlib.util
+import io
 import sys
 import tempfile
 import time
@@ -91,7 +93,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             run_args = train.Args(seed=seed, max_episodes=args.max_episodes, out=f"{tmp}/s{seed}", log_every=10**9)
-            summary = train.train(run_args)
+            with contextlib.redirect_stdout(io.StringIO()):  # keep the table clean
+                summary = train.train(run_args)
             ref_at, ref_seconds = reference_run(seed, args.reference_max_episodes)
             ours_eps.append(summary["solved_at_episode"])
             ref_eps.append(ref_at)
