@@ -1,0 +1,100 @@
+"""Evaluate a PPO checkpoint: a table of returns, optional JSON, GIF or window.
+
+    python lunarlander_ppo/eval.py --episodes 100 --seed 424242 --json
+    python lunarlander_ppo/eval.py --episodes 1 --seed 3 --gif lunarlander_ppo/landing.gif
+
+The checkpoint records its env (LunarLander-v3, continuous or not, wind or not), so the same command
+evaluates any checkpoint written by train.py. Episode i is reset with seed S+i.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train import SHIPPED_WEIGHTS, env_kwargs, evaluate, load_checkpoint, to_env_actions  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Evaluate a PPO checkpoint written by lunarlander_ppo/train.py.")
+    parser.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="checkpoint to load (default: the shipped lander)")
+    parser.add_argument("--episodes", type=int, default=10, help="number of episodes")
+    parser.add_argument("--seed", type=int, default=0, help="episode i is reset with seed+i")
+    parser.add_argument("--sample", action="store_true", help="sample actions instead of taking the most likely one")
+    parser.add_argument("--json", action="store_true", help='print {"mean_return", "std_return", "episodes", ...} as the last line')
+    parser.add_argument("--gif", default="", help="record the first episode to this GIF file")
+    parser.add_argument("--render", action="store_true", help="show the episodes in a window (needs a display)")
+    args = parser.parse_args(argv)
+    if args.episodes <= 0:
+        parser.error(f"--episodes must be a positive number, got {args.episodes}")
+    if args.render and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        parser.error("--render needs a display; use --gif PATH to record the episode instead")
+    return args
+
+
+@torch.no_grad()
+def play(agent, ckpt: dict, seed: int, greedy: bool, render_mode: str) -> tuple[float, list]:
+    """One episode in a single env with rendering; return its return and the rgb frames (if any)."""
+    env = gym.make(ckpt["env_id"], render_mode=render_mode, **env_kwargs(ckpt["env_id"], ckpt["continuous"], ckpt["wind"]))
+    obs, _ = env.reset(seed=seed)
+    frames, total, done = [], 0.0, False
+    while not done:
+        if render_mode == "rgb_array":
+            frames.append(env.render())
+        action, _ = agent.act(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0), greedy=greedy)
+        obs, reward, terminated, truncated, _ = env.step(to_env_actions(action, env.action_space)[0])
+        total += reward
+        done = terminated or truncated
+    if render_mode == "rgb_array":
+        frames.append(env.render())
+    env.close()
+    return total, frames
+
+
+def write_gif(frames: list, path: Path, every: int = 2) -> None:
+    from PIL import Image
+
+    images = [Image.fromarray(f).resize((300, 200)) for f in frames[::every]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=20 * every, loop=0)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        agent, ckpt = load_checkpoint(args.weights)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    greedy = not args.sample
+    if args.render:
+        for i in range(args.episodes):
+            play(agent, ckpt, args.seed + i, greedy, "human")
+    if args.gif:
+        total, frames = play(agent, ckpt, args.seed, greedy, "rgb_array")
+        write_gif(frames, Path(args.gif))
+        print(f"wrote {args.gif} (episode with seed {args.seed}, return {total:.1f})")
+
+    returns = evaluate(agent, ckpt["env_id"], args.episodes, args.seed, greedy=greedy,
+                       continuous=ckpt["continuous"], wind=ckpt["wind"])
+    print(f"{'episode':>7}  {'seed':>8}  {'return':>8}")
+    for i, ret in enumerate(returns):
+        print(f"{i:7d}  {args.seed + i:8d}  {ret:8.1f}")
+    mean, std = float(np.mean(returns)), float(np.std(returns))
+    print(f"mean {mean:.1f} +/- {std:.1f} (min {min(returns):.1f}) over {args.episodes} "
+          f"{'sampled' if args.sample else 'greedy'} episodes of {ckpt['env_id']}")
+    if args.json:
+        print(json.dumps({"min_return": min(returns), "episodes_at_least_200": int(sum(r >= 200 for r in returns)),
+                          "std_return": std, "episodes": args.episodes, "mean_return": mean}))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    sys.exit(main())
