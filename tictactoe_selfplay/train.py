@@ -447,7 +447,9 @@ def train(args: Args) -> dict:
             for key, value in row.items():
                 if key not in ("update", "games"):
                     writer.add_scalar(("losses/" if key in ("policy_loss", "value_loss", "entropy") else "eval/") + key, value, row["games"])
-            score = (-stats["losing_lines"], stats["random_x_win"] + stats["random_o_win"])
+            stopped = (stats["losing_lines"] == 0 and stats["random_x_win"] >= args.stop_win_x
+                       and stats["random_o_win"] >= args.stop_win_o)
+            score = (-stats["losing_lines"], stopped, stats["random_x_win"] + stats["random_o_win"])
             if best is None or score > best[0]:
                 best = (score, row)
                 torch.save(net.state_dict(), run_dir / "best.pt")
@@ -457,8 +459,6 @@ def train(args: Args) -> dict:
             tqdm.write(f"games {row['games']:7d}  {row['seconds']:6.1f}s  losing lines {stats['losing_lines']:4d}  "
                        f"vs random: X win {stats['random_x_win']:.3f} O win {stats['random_o_win']:.3f}  "
                        f"vs minimax: X loss {stats['minimax_x_loss']:.2f} O loss {stats['minimax_o_loss']:.2f}")
-            stopped = (stats["losing_lines"] == 0 and stats["random_x_win"] >= args.stop_win_x
-                       and stats["random_o_win"] >= args.stop_win_o)
             if stopped:
                 break
     bar.close()
