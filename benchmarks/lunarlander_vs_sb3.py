@@ -1,23 +1,26 @@
-"""Wall-clock to a greedy 200 on LunarLander-v3: our PPO against Stable-Baselines3's, same machine, one go.
+"""Time to a greedy 200 on LunarLander-v3: our PPO against Stable-Baselines3's, same machine, one go.
 
     pip install -r benchmarks/requirements.txt
-    python benchmarks/lunarlander_vs_sb3.py --seeds 0 1 2 3 4     # about 20-30 minutes
+    python benchmarks/lunarlander_vs_sb3.py --seeds 0 1 2 3 4     # about 15-30 minutes
 
 Protocol, identical for both:
-- one torch thread each, run one after the other on the same machine;
-- every 32,768 environment steps, 20 greedy episodes (seeds 10000-10019); when their mean reaches 200,
-  100 more greedy episodes (seeds 20000-20099) confirm it; the time to score is the training wall-clock
-  at the first confirmed check, evaluation time excluded (the clock pauses while evaluating);
+- one process, one torch thread, synchronous vectorised envs; for each seed ours runs, then SB3;
+- every 32,768 environment steps, after the policy update that used them, 20 greedy episodes (seeds
+  10000-10019); when their mean reaches 200, 100 more greedy episodes (seeds 20000-20099) confirm it.
+  Time to score = training time up to the first confirmed check, evaluations excluded (the clock
+  stops while evaluating). Both are evaluated by the same function (`evaluate` in lunarlander_ppo/train.py);
+- two clocks: wall-clock, and the CPU time of the process, which is what wall-clock would be on an
+  idle core and stays fair when other jobs share the machine (the load average is printed);
 - SB3 uses the rl-baselines3-zoo hyperparameters for LunarLander (16 envs, n_steps 1024, batch 64,
-  4 epochs, gamma 0.999, gae_lambda 0.98, ent_coef 0.01) and stops at 1M steps;
-  ours uses lunarlander_ppo/train.py's defaults.
-Both are evaluated by the same function (`evaluate` in lunarlander_ppo/train.py).
+  4 epochs, gamma 0.999, gae_lambda 0.98, ent_coef 0.01, MlpPolicy) and stops at 1M steps;
+  ours runs lunarlander_ppo/train.py's defaults.
 """
 import argparse
 import contextlib
 import importlib.util
 import io
 import math
+import os
 import sys
 import tempfile
 import time
@@ -41,9 +44,9 @@ def run_ours(train, seed: int, tmp: str) -> dict:
     args = train.Args(seed=seed, eval_every=EVAL_EVERY, eval_episodes=20, stop_score=TARGET, out=f"{tmp}/ours_s{seed}")
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         summary = train.train(args)
-    reached = summary["reached"]
-    return {"seconds": reached["train_seconds"] if reached else math.nan,
-            "steps": reached["global_step"] if reached else None, "sps": summary["global_step"] / summary["train_seconds"]}
+    reached = summary["reached"] or {}
+    return {"wall": reached.get("train_seconds", math.nan), "cpu": reached.get("cpu_seconds", math.nan),
+            "steps": reached.get("global_step"), "sps": summary["global_step"] / summary["train_seconds"]}
 
 
 class SB3Actor:
@@ -63,67 +66,76 @@ def run_sb3(train, seed: int) -> dict:
     from stable_baselines3.common.env_util import make_vec_env
 
     class ConfirmedScore(BaseCallback):
-        """Pauses the clock to evaluate every EVAL_EVERY steps; stops training at a confirmed 200."""
+        """Evaluates at the start of a rollout, i.e. after the update that used the previous ones, once
+        EVAL_EVERY more steps have passed; the clocks stop while evaluating. Stops at a confirmed 200."""
 
         def _on_training_start(self):
-            self.start, self.eval_seconds, self.next_eval, self.reached = time.perf_counter(), 0.0, EVAL_EVERY, None
+            self.wall, self.cpu = time.perf_counter(), time.process_time()  # shifted by each evaluation's duration
+            self.next_eval, self.reached = EVAL_EVERY, None
 
-        def _on_step(self) -> bool:
+        def clocks(self) -> tuple[float, float]:
+            return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+        def _on_rollout_start(self):
             if self.num_timesteps < self.next_eval:
-                return True
+                return
             self.next_eval += EVAL_EVERY
-            tick = time.perf_counter()
-            clock = tick - self.start - self.eval_seconds  # training time so far, evaluations excluded
+            wall, cpu = self.clocks()
             actor = SB3Actor(self.model)
             hit = np.mean(train.evaluate(actor, "LunarLander-v3", 20, seed=10_000)) >= TARGET
             hit = hit and np.mean(train.evaluate(actor, "LunarLander-v3", 100, seed=20_000)) >= TARGET
-            self.eval_seconds += time.perf_counter() - tick
             if hit:
-                self.reached = (self.num_timesteps, clock)
-            return not hit
+                self.reached = {"wall": wall, "cpu": cpu, "steps": self.num_timesteps}
+            self.wall, self.cpu = time.perf_counter() - wall, time.process_time() - cpu
 
-        def train_seconds(self) -> float:
-            return time.perf_counter() - self.start - self.eval_seconds
+        def _on_step(self) -> bool:
+            return self.reached is None
 
     env = make_vec_env("LunarLander-v3", n_envs=16, seed=seed)
     model = PPO("MlpPolicy", env, n_steps=1024, batch_size=64, n_epochs=4, gamma=0.999, gae_lambda=0.98,
                 ent_coef=0.01, seed=seed, device="cpu", verbose=0)
     callback = ConfirmedScore()
     model.learn(total_timesteps=SB3_BUDGET, callback=callback)
-    if callback.reached:
-        steps, seconds = callback.reached
-        return {"seconds": seconds, "steps": steps, "sps": steps / seconds}
-    return {"seconds": math.nan, "steps": None, "sps": model.num_timesteps / callback.train_seconds()}
+    reached = callback.reached or {"wall": math.nan, "cpu": math.nan, "steps": None}
+    seconds = reached["wall"] if callback.reached else callback.clocks()[0]
+    return {**reached, "sps": (reached["steps"] or model.num_timesteps) / seconds}
+
+
+def cells(r: dict) -> str:
+    if not r["steps"]:
+        return f"not reached | not reached | - | {r['sps']:.0f}"
+    return f"{r['wall']:.1f} | {r['cpu']:.1f} | {r['steps']:,} | {r['sps']:.0f}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="training seeds, one row each")
     args = parser.parse_args()
     try:
-        import stable_baselines3  # noqa: F401
+        import stable_baselines3
     except ImportError:
         print("error: stable-baselines3 is a benchmark-only dependency: pip install -r benchmarks/requirements.txt", file=sys.stderr)
         return 1
     torch.set_num_threads(1)
     train = load_train()
-
-    print("| seed | ours: s to 200 | ours: steps | ours: steps/s | SB3: s to 200 | SB3: steps | SB3: steps/s | ratio SB3 / ours |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    ratios = []
+    print(f"torch {torch.__version__}, stable-baselines3 {stable_baselines3.__version__}, 1 thread; "
+          f"load average at start {os.getloadavg()[0]:.2f}")
+    print("| seed | ours: wall s | ours: CPU s | ours: steps | ours: steps/s "
+          "| SB3: wall s | SB3: CPU s | SB3: steps | SB3: steps/s | SB3/ours wall | SB3/ours CPU |")
+    print("| --- " * 11 + "|")
+    ratios = {"wall": [], "cpu": []}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             ours, sb3 = run_ours(train, seed, tmp), run_sb3(train, seed)
-            ratio = sb3["seconds"] / ours["seconds"]
-            ratios.append(ratio)
-
-            def cell(r):
-                return (f"{r['seconds']:.1f} | {r['steps']}" if r["steps"] else "not reached | -") + f" | {r['sps']:.0f}"
-
-            print(f"| {seed} | {cell(ours)} | {cell(sb3)} | {ratio:.1f}x |", flush=True)
-    finite = [r for r in ratios if math.isfinite(r)]
-    print(f"\nratio SB3 time / our time to a confirmed greedy 200: median {np.median(finite) if finite else math.nan:.1f}x "
-          f"over {len(finite)}/{len(ratios)} seeds where both reached it (bar: >= 3x on every seed)")
+            for clock in ratios:
+                ratios[clock].append(sb3[clock] / ours[clock])
+            print(f"| {seed} | {cells(ours)} | {cells(sb3)} | {ratios['wall'][-1]:.1f}x | {ratios['cpu'][-1]:.1f}x |", flush=True)
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+    for clock, values in ratios.items():
+        finite = [r for r in values if math.isfinite(r)]
+        summary = f"min {min(finite):.1f}x, median {np.median(finite):.1f}x" if finite else "n/a"
+        print(f"SB3 / ours, time to a confirmed greedy 200 ({clock}): {summary} over {len(finite)}/{len(values)} "
+              f"seeds where both reached it (bar: >= 3x on every seed)")
     return 0
 
 

@@ -372,11 +372,15 @@ def train(args: Args) -> dict:
 
     next_obs = torch.as_tensor(env.reset(seed=args.seed)[0], dtype=torch.float32)
     episodes, evals, metrics_rows = [], [], []
-    best_eval, global_step, train_seconds, next_eval = -math.inf, 0, 0.0, args.eval_every
+    best_eval, global_step, next_eval = -math.inf, 0, args.eval_every
+    # Where the training time goes (wall-clock seconds; evaluations excluded): env.step, the rest of the
+    # rollout (policy forward, sampling, storage), advantages, and the gradient updates. `cpu` is the
+    # process CPU time, the fair clock when other jobs share the machine.
+    clock = dict.fromkeys(("rollout", "env", "gae", "update", "train", "cpu"), 0.0)
     reached = None
     bar = tqdm(range(1, num_updates + 1), desc=f"PPO {args.env_id}", disable=None)
     for update in bar:
-        tick = time.perf_counter()
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         if args.anneal_lr:  # linear decay to 0 over the run (Huang et al. 2022, detail 4)
             optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (update - 1) / num_updates)
 
@@ -385,7 +389,9 @@ def train(args: Args) -> dict:
         for t in range(T):
             obs_buf[t] = next_obs
             actions, log_prob = agent.act(next_obs)
+            env_tick = time.perf_counter()
             obs, reward, term, trunc, info = env.step(to_env_actions(actions, env.single_action_space))
+            clock["env"] += time.perf_counter() - env_tick
             act_buf[t], logp_buf[t] = actions, log_prob
             rew_buf[t] = torch.from_numpy(reward)
             term_buf[t] = torch.from_numpy(term)
@@ -397,6 +403,8 @@ def train(args: Args) -> dict:
                     episodes.append((global_step + (t + 1) * N, float(info["episode"]["r"][i]), int(info["episode"]["l"][i])))
             next_obs = torch.as_tensor(obs, dtype=torch.float32)
         global_step += batch_size
+        rollout_end = time.perf_counter()
+        clock["rollout"] += rollout_end - tick
 
         # 2. Advantages. V(s_{t+1}) is the next row's value, except after the last step and on truncation.
         with torch.no_grad():
@@ -408,6 +416,8 @@ def train(args: Args) -> dict:
                 for (t, i), v in zip(keys, bootstrap):
                     next_values[t, i] = v
             advantages, returns = compute_gae(rew_buf, values, next_values, term_buf, done_buf, args.gamma, args.gae_lambda)
+        update_start = time.perf_counter()
+        clock["gae"] += update_start - rollout_end
 
         # 3. Update: epochs of shuffled minibatches.
         b_obs, b_act = obs_buf.reshape((-1,) + obs_shape), act_buf.reshape((-1,) + act_shape)
@@ -432,14 +442,20 @@ def train(args: Args) -> dict:
                     stats[key].append(float(value.detach()))
             if args.target_kl and stats["approx_kl"][-1] > args.target_kl:
                 break
-        train_seconds += time.perf_counter() - tick
+        clock["update"] += time.perf_counter() - update_start
+        clock["train"] += time.perf_counter() - tick
+        clock["cpu"] += time.process_time() - cpu_tick
+        train_seconds = clock["train"]
 
         # 4. Logs, and a greedy evaluation every `eval_every` steps (not counted in train_seconds).
         recent = [r for _, r, _ in episodes[-100:]]
         row = {"update": update, "global_step": global_step, "train_seconds": round(train_seconds, 3),
                "sps": int(global_step / train_seconds), "episodic_return": np.mean(recent) if recent else float("nan"),
                "explained_variance": explained_variance(b_val, b_ret), "lr": optimizer.param_groups[0]["lr"],
-               **{k: float(np.mean(v)) for k, v in stats.items()}, "eval_mean_return": float("nan")}
+               **{k: float(np.mean(v)) for k, v in stats.items()}, "eval_mean_return": float("nan"),
+               "cpu_seconds": round(clock["cpu"], 3), "env_seconds": round(clock["env"], 3),
+               "policy_seconds": round(clock["rollout"] - clock["env"], 3), "gae_seconds": round(clock["gae"], 3),
+               "update_seconds": round(clock["update"], 3)}
         if global_step >= next_eval or update == num_updates:
             next_eval += args.eval_every
             eval_returns = evaluate(agent, args.env_id, args.eval_episodes, seed=10_000, continuous=args.continuous, wind=args.wind)
@@ -461,7 +477,8 @@ def train(args: Args) -> dict:
             confirm = evaluate(agent, args.env_id, 100, seed=20_000, continuous=args.continuous, wind=args.wind)
             tqdm.write(f"confirmation over 100 greedy episodes: {np.mean(confirm):.1f}")
             if np.mean(confirm) >= args.stop_score:
-                reached = {"global_step": global_step, "train_seconds": train_seconds, "confirm_mean": float(np.mean(confirm))}
+                reached = {"global_step": global_step, "train_seconds": train_seconds, "cpu_seconds": clock["cpu"],
+                           "confirm_mean": float(np.mean(confirm))}
                 break
     bar.close()
     env.close()
@@ -482,6 +499,8 @@ def train(args: Args) -> dict:
         target.write_bytes((run_dir / "best.pt").read_bytes())
     print(f"trained {global_step} steps in {train_seconds:.1f} s ({int(global_step / train_seconds)} steps/s); "
           f"best greedy eval {best_eval:.1f}; outputs in {run_dir}")
+    print("time split: " + ", ".join(f"{k.removesuffix('_seconds')} {100 * row[k] / train_seconds:.0f}%"
+                                     for k in ("env_seconds", "policy_seconds", "gae_seconds", "update_seconds")))
     return {"run_dir": str(run_dir), "global_step": global_step, "train_seconds": train_seconds,
             "best_eval": best_eval, "evals": evals, "reached": reached}
 
