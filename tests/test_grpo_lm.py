@@ -9,33 +9,14 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, load_script
+from conftest import REPO, load_script, save_tiny_tokenizer, tiny_llama_config
 
 train = load_script("grpo_lm")
 FOLDER = REPO / "grpo_lm"
 
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
 
 def run(script, *flags):
     return subprocess.run([sys.executable, str(FOLDER / script), *flags], capture_output=True, text=True, timeout=300)
-
-
-def save_tiny_tokenizer(path):
-    """Character-level tokenizer with SmolLM2's special tokens, pad == eos as in SmolLM2."""
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
-    chars = [chr(i) for i in range(32, 127)] + ["\n"]
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(specials + chars)}, merges=[], unk_token="<unk>"))
-    tok.add_special_tokens(specials)
-    tok.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
-                                        eos_token="<|im_end|>", pad_token="<|im_end|>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(path)
-    return tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +26,7 @@ def tiny_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     tokenizer = save_tiny_tokenizer(root / "lm")
     save_tiny_tokenizer(root / "rm")
-    config = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    config = tiny_llama_config(tokenizer)
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(**config)).save_pretrained(root / "lm")
     LlamaForSequenceClassification(LlamaConfig(**config, num_labels=1)).save_pretrained(root / "rm")

