@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from train import SHIPPED_ADAPTER, build_prompt, decode, evaluate, generate, heldout_problems, load_base, load_problems
+from train import HELDOUT_SEED, SHIPPED_ADAPTER, build_prompt, decode, evaluate, generate, heldout_problems, load_base, load_problems
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,6 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-adapter", action="store_true", help="evaluate the untouched base model")
     parser.add_argument("--problems", default="", help="JSONL file of {question, answer} lines (default: built-in held-out set)")
     parser.add_argument("--n", type=int, default=200, help="number of built-in held-out problems")
+    parser.add_argument("--problem-seed", type=int, default=HELDOUT_SEED, help="draw the built-in problems from this seed instead (a fresh set)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per answer (as in training)")
     parser.add_argument("--batch-size", type=int, default=32, help="problems per generate call")
     parser.add_argument("--samples", type=int, default=3, help="completions to print")
@@ -62,7 +63,7 @@ def main() -> None:
         _, _, ids, mask = generate(model, tokenizer, [build_prompt(tokenizer, args.prompt)], args.max_new_tokens)
         print(decode(tokenizer, ids, mask)[0])
         return
-    problems = load_problems(args.problems) if args.problems else heldout_problems(args.n)
+    problems = load_problems(args.problems) if args.problems else heldout_problems(args.n, args.problem_seed)
     metrics, completions = evaluate(model, tokenizer, problems, args.max_new_tokens, args.batch_size)
     for problem, completion in list(zip(problems, completions))[:args.samples]:
         print(f"Q: {problem['question']}  (answer {problem['answer']})\nA: {completion}\n")

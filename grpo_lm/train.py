@@ -146,9 +146,9 @@ def make_problem(rng: random.Random) -> dict:
                         f"How many {item} does {name} have in total?", "answer": str(a + b + c)}
 
 
-def heldout_problems(n: int) -> list[dict]:
-    """The fixed held-out set: the first n distinct problems drawn from HELDOUT_SEED."""
-    rng, seen, problems = random.Random(HELDOUT_SEED), set(), []
+def heldout_problems(n: int, seed: int = HELDOUT_SEED) -> list[dict]:
+    """The fixed held-out set: the first n distinct problems drawn from HELDOUT_SEED (another seed: a fresh set)."""
+    rng, seen, problems = random.Random(seed), set(), []
     while len(problems) < n:
         p = make_problem(rng)
         if p["question"] not in seen:
