@@ -19,16 +19,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=3, help="training seed")
     args = parser.parse_args()
     try:
-        import torch
-        from stable_baselines3 import PPO
-        from stable_baselines3.common.env_util import make_vec_env
+        import stable_baselines3  # noqa: F401
     except ImportError:
         print("error: stable-baselines3 is a benchmark-only dependency: pip install -r benchmarks/requirements.txt", file=sys.stderr)
         return 1
+    import torch
+    from lunarlander_vs_sb3 import make_sb3_ppo
     torch.set_num_threads(1)
-    env = make_vec_env("LunarLander-v3", n_envs=16, seed=args.seed)
-    model = PPO("MlpPolicy", env, n_steps=1024, batch_size=64, n_epochs=4, gamma=0.999, gae_lambda=0.98,
-                ent_coef=0.01, seed=args.seed, device="cpu", verbose=0)
+    model = make_sb3_ppo(args.seed)
+    env = model.get_env()
     clock = {"update": 0.0, "rollout": 0.0, "env.step": 0.0}
 
     def timed(fn, key):

@@ -60,10 +60,17 @@ class SB3Actor:
         return torch.as_tensor(actions), None
 
 
-def run_sb3(train, seed: int) -> dict:
+def make_sb3_ppo(seed: int):
+    """SB3's PPO with the rl-baselines3-zoo hyperparameters for LunarLander-v3 (also used by lunarlander_sb3_time_split.py)."""
     from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
+    env = make_vec_env("LunarLander-v3", n_envs=16, seed=seed)
+    return PPO("MlpPolicy", env, n_steps=1024, batch_size=64, n_epochs=4, gamma=0.999, gae_lambda=0.98,
+               ent_coef=0.01, seed=seed, device="cpu", verbose=0)
+
+
+def run_sb3(train, seed: int) -> dict:
+    from stable_baselines3.common.callbacks import BaseCallback
 
     class ConfirmedScore(BaseCallback):
         """Evaluates at the start of a rollout, i.e. after the update that used the previous ones, once
@@ -91,9 +98,7 @@ def run_sb3(train, seed: int) -> dict:
         def _on_step(self) -> bool:
             return self.reached is None
 
-    env = make_vec_env("LunarLander-v3", n_envs=16, seed=seed)
-    model = PPO("MlpPolicy", env, n_steps=1024, batch_size=64, n_epochs=4, gamma=0.999, gae_lambda=0.98,
-                ent_coef=0.01, seed=seed, device="cpu", verbose=0)
+    model = make_sb3_ppo(seed)
     callback = ConfirmedScore()
     model.learn(total_timesteps=SB3_BUDGET, callback=callback)
     reached = callback.reached or {"wall": math.nan, "cpu": math.nan, "steps": None}
