@@ -810,8 +810,6 @@ def plot_ppo(rows: list[dict], evals: list[dict], path: Path) -> None:
 def train(args: Args) -> dict:
     """Runs the requested stage(s) into the run directory; returns (and writes) a summary with each stage's time."""
     torch.set_num_threads(args.threads)
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
     run_dir = Path(args.out or f"runs/ppo_rlhf_math_s{args.seed}")
     stages = ["sft", "reward", "ppo"] if args.stage == "all" else [args.stage]
     for stage in stages:  # a stage never overwrites an earlier run of itself
@@ -827,6 +825,8 @@ def train(args: Args) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     for stage in stages:
         t0 = time.time()
+        random.seed(args.seed)  # each stage starts from the seed, so running them one by one gives the same result as --stage all
+        torch.manual_seed(args.seed)
         if stage == "sft":
             result = train_sft(args, run_dir, log)
             shipped_from = run_dir / "sft" / "adapter"

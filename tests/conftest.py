@@ -24,15 +24,22 @@ def load_script(folder: str, stem: str = "train"):
     if name in sys.modules:
         return sys.modules[name]
     path = REPO / folder / f"{stem}.py"
+    # eval.py / play.py do ``from train import ...``: point ``train`` at THIS folder's train.py while they
+    # load (another folder's may be cached under that name), and leave no plain ``train`` behind.
+    siblings = {"train": load_script(folder, "train")} if stem != "train" else {}
+    if stem == "play":
+        siblings["eval"] = load_script(folder, "eval")
+    saved = {k: sys.modules.pop(k) for k in list(siblings) if k in sys.modules}
+    sys.modules.update(siblings)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    # Scripts import their sibling train.py as ``train``; make the folder importable for that.
-    sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
     finally:
-        sys.path.remove(str(path.parent))
+        for k in siblings:
+            sys.modules.pop(k, None)
+        sys.modules.update(saved)
     return module
 
 
