@@ -70,11 +70,12 @@ class Args:
     sft_epochs: int = field(default=1, metadata={"help": "passes over them"})
     sft_lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate of the SFT adapter"})
     # 2. Reward model
-    rm_problems: int = field(default=192, metadata={"help": "training problems; each gives one pair per rejected answer"})
-    rm_samples: int = field(default=2, metadata={"help": "SFT samples per problem searched for wrong answers (the rest are perturbed)"})
-    rm_epochs: int = field(default=1, metadata={"help": "passes over the pairs"})
-    rm_lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate of the reward model (LoRA + head)"})
-    rm_eval_pairs: int = field(default=100, metadata={"help": "held-out pairs for the pairwise accuracy"})
+    rm_problems: int = field(default=256, metadata={"help": "training problems answered by the SFT model; one pair per wrong answer, plus one perturbed"})
+    rm_samples: int = field(default=2, metadata={"help": "SFT samples per problem (temperature 1), labelled by the checker"})
+    rm_perturbed: int = field(default=768, metadata={"help": "further training problems with one perturbed pair each (no sampling)"})
+    rm_epochs: int = field(default=2, metadata={"help": "passes over the pairs"})
+    rm_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the reward model (LoRA + head)"})
+    rm_eval_problems: int = field(default=100, metadata={"help": "held-out problems for the pairwise accuracy (sampled and perturbed pairs)"})
     # 3. PPO
     ppo_steps: int = field(default=40, metadata={"help": "PPO steps (each: sample, score, several epochs of updates)"})
     rollout_size: int = field(default=16, metadata={"help": "prompts per step and process, one completion each"})
@@ -120,10 +121,12 @@ def parse_args(argv=None) -> Args:
             parser.add_argument(name, type=f.type, default=f.default, help=f.metadata["help"])
     args = Args(**vars(parser.parse_args(argv)))
     for name in ("threads", "max_new_tokens", "batch_size", "eval_size", "lora_r", "sft_examples", "sft_epochs", "sft_lr",
-                 "rm_problems", "rm_epochs", "rm_lr", "rm_eval_pairs", "ppo_steps", "rollout_size", "minibatch_size",
+                 "rm_problems", "rm_epochs", "rm_lr", "rm_eval_problems", "ppo_steps", "rollout_size", "minibatch_size",
                  "ppo_epochs", "ppo_lr", "temperature", "clip", "eval_every"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.rm_perturbed < 0:
+        parser.error("--rm-perturbed must be 0 or more")
     if args.stage not in ("sft", "reward", "ppo", "all"):
         parser.error(f"--stage must be sft, reward, ppo or all, got {args.stage!r}")
     if args.kl_estimator not in ("k1", "k3"):
@@ -227,15 +230,31 @@ def extract_answer(completion: str) -> str | None:
     return match.group(1).replace(",", "") if match else None
 
 
+ARITHMETIC_LINE = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)")
+
+
+def nearby_wrong(n: int, rng: random.Random) -> int:
+    """n moved up or down by 1-10, never below 0 (no answer in this task family is negative)."""
+    delta = rng.randint(1, 10)
+    return n - delta if n - delta >= 0 and rng.random() < 0.5 else n + delta
+
+
 def perturb_solution(problem: dict, rng: random.Random) -> str:
-    """A wrong solution for a rejected answer: the final number moved by 1-10, and half the time the
-    last line of arithmetic moved with it, so the reward model must check the sum, not just agreement."""
-    wrong = int(problem["answer"]) + rng.choice([-1, 1]) * rng.randint(1, 10)
-    lines = problem["solution"].split("\n")
-    lines[-1] = f"#### {wrong}"
-    if len(lines) > 1 and rng.random() < 0.5:
-        lines[-2] = lines[-2].rsplit("= ", 1)[0] + f"= {wrong}"
-    return "\n".join(lines)
+    """A wrong solution for a rejected answer, shaped like the SFT model's own mistakes: one line of arithmetic
+    gets a result off by 1-10 and the later lines carry it on consistently, so the reward model has to check
+    the arithmetic itself. One time in four only the final number moves (an answer contradicting its work)."""
+    *work, _ = problem["solution"].split("\n")
+    if rng.random() < 0.25:
+        return "\n".join(work + [f"#### {nearby_wrong(int(problem['answer']), rng)}"])
+    first_wrong = rng.randrange(len(work))
+    for i in range(first_wrong, len(work)):
+        a, op, b, result = ARITHMETIC_LINE.fullmatch(work[i]).groups()
+        if i == first_wrong:
+            value = nearby_wrong(int(result), rng)
+        else:  # every later line starts from the previous result
+            a, value = str(value), {"+": value + int(b), "-": value - int(b), "*": value * int(b)}[op]
+        work[i] = f"{a} {op} {b} = {value}"
+    return "\n".join(work + [f"#### {value}"])
 
 
 def reward_components(texts: list[str], answers: list[str], lengths: torch.Tensor, ended: torch.Tensor,
@@ -412,6 +431,12 @@ def last_hidden(model, input_ids, attention_mask) -> torch.Tensor:
                  output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
 
 
+def reward_model_text(question: str, completion: str) -> str:
+    """What the reward model reads: the question and the answer, without the chat wrapper (its system prompt and
+    instruction are the same for every problem, carry no information and would be 3/4 of the tokens)."""
+    return f"Question: {question}\nAnswer: {completion}"
+
+
 class RewardModel(nn.Module):
     """r_phi(x, y): the SFT backbone with its own LoRA adapter and a linear head on the last real token.
     Same backbone as the policy: it already reads the solution format, and no smaller sibling is offline here."""
@@ -426,11 +451,11 @@ class RewardModel(nn.Module):
         hidden = last_hidden(self.backbone, input_ids, attention_mask)  # (B, L, H), left-padded: last real token is -1
         return self.head(hidden[:, -1]).squeeze(-1)
 
-    def score(self, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> torch.Tensor:
-        """Scores of prompt + completion + EOS (the EOS ends every training example too)."""
+    def score(self, tokenizer, questions: list[str], completions: list[str], batch_size: int) -> torch.Tensor:
+        """Scores of question + completion + EOS (the EOS ends every training example too). (N,)"""
         scores = []
-        for i in range(0, len(prompts), batch_size):
-            texts = [p + c + tokenizer.eos_token for p, c in zip(prompts[i:i + batch_size], completions[i:i + batch_size])]
+        for i in range(0, len(questions), batch_size):
+            texts = [reward_model_text(q, c) + tokenizer.eos_token for q, c in zip(questions[i:i + batch_size], completions[i:i + batch_size])]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             scores.append(self(enc.input_ids, enc.attention_mask))
         return torch.cat(scores)
@@ -570,21 +595,23 @@ def train_sft(args: Args, run_dir: Path, log) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Stage 2: reward model
 # ---------------------------------------------------------------------------------------------
-def preference_pairs(problems: list[dict], sampled: list[list[str]], rng: random.Random) -> list[tuple[str, str, str]]:
-    """(question, chosen, rejected) pairs: chosen is the worked solution; rejected are the SFT model's wrong
-    answers to the same question (labelled by the checker) or, when it got every sample right, a perturbed solution."""
+def preference_pairs(problems: list[dict], sampled: list[list[str]], rng: random.Random) -> list[tuple[str, str, str, str]]:
+    """(question, chosen, rejected, kind) pairs. Rejected: each of the SFT model's wrong answers to the question
+    (labelled by the checker; kind "sampled") and one perturbed solution (kind "perturbed"). Chosen: drawn among
+    the worked solution and the SFT model's correct answers, so that the style of a sample gives nothing away."""
     pairs = []
     for problem, samples in zip(problems, sampled):
+        right = sorted({s.strip() for s in samples if extract_answer(s) == problem["answer"]} | {problem["solution"]})
         wrong = sorted({s.strip() for s in samples if extract_answer(s) != problem["answer"]})
-        for rejected in wrong or [perturb_solution(problem, rng)]:
-            pairs.append((problem["question"], problem["solution"], rejected))
+        for rejected, kind in [(w, "sampled") for w in wrong] + [(perturb_solution(problem, rng), "perturbed")]:
+            pairs.append((problem["question"], rng.choice(right), rejected, kind))
     return pairs
 
 
-def sample_pairs(sft_model, tokenizer, problems: list[dict], args: Args, rng: random.Random) -> list[tuple[str, str, str]]:
+def sample_pairs(sft_model, tokenizer, problems: list[dict], args: Args, rng: random.Random) -> list[tuple[str, str, str, str]]:
     """Samples args.rm_samples completions per problem from the SFT model (temperature 1) and builds the pairs."""
     sampled = []
-    for i in tqdm(range(0, len(problems), args.batch_size), desc="sampling rejected answers", disable=None):
+    for i in tqdm(range(0, len(problems), args.batch_size), desc="sampling answers", disable=None):
         batch = problems[i:i + args.batch_size]
         prompts = [build_prompt(tokenizer, p["question"]) for p in batch for _ in range(args.rm_samples)]
         _, _, ids, mask = generate(sft_model, tokenizer, prompts, args.max_new_tokens, temperature=1.0)
@@ -594,11 +621,16 @@ def sample_pairs(sft_model, tokenizer, problems: list[dict], args: Args, rng: ra
 
 
 @torch.no_grad()
-def pairwise_accuracy(rm: RewardModel, tokenizer, pairs, batch_size: int) -> float:
-    prompts = [build_prompt(tokenizer, q) for q, _, _ in pairs]
-    chosen = rm.score(tokenizer, prompts, [c for _, c, _ in pairs], batch_size)
-    rejected = rm.score(tokenizer, prompts, [r for _, _, r in pairs], batch_size)
-    return (chosen > rejected).float().mean().item()
+def pairwise_accuracy(rm: RewardModel, tokenizer, pairs, batch_size: int) -> dict[str, float]:
+    """Share of pairs whose chosen answer scores higher: over all pairs and per kind of rejected answer."""
+    questions = [q for q, _, _, _ in pairs]
+    chosen = rm.score(tokenizer, questions, [c for _, c, _, _ in pairs], batch_size)
+    rejected = rm.score(tokenizer, questions, [r for _, _, r, _ in pairs], batch_size)
+    right, kinds = (chosen > rejected).float(), [k for _, _, _, k in pairs]
+    accuracy = {"all": right.mean().item()}
+    for kind in sorted(set(kinds)):
+        accuracy[kind] = right[[k == kind for k in kinds]].mean().item()
+    return accuracy
 
 
 def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dict:
@@ -607,11 +639,13 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
     sft_model = merge_adapter(base, sft_adapter)
     rng = random.Random(args.seed)
     heldout = heldout_problems(args.eval_size)
-    train_problems = distinct_problems(args.seed + 1, args.rm_problems, {p["question"] for p in heldout})
-    eval_problems = distinct_problems(RM_HELDOUT_SEED, args.rm_eval_pairs, {p["question"] for p in train_problems})
+    train_problems = distinct_problems(args.seed + 1, args.rm_problems + args.rm_perturbed, {p["question"] for p in heldout})
+    eval_problems = distinct_problems(RM_HELDOUT_SEED, args.rm_eval_problems, {p["question"] for p in train_problems})
     t0 = time.time()
-    train_pairs = sample_pairs(sft_model, tokenizer, train_problems, args, rng)
-    eval_pairs = sample_pairs(sft_model, tokenizer, eval_problems, args, rng)[:args.rm_eval_pairs]
+    train_pairs = sample_pairs(sft_model, tokenizer, train_problems[:args.rm_problems], args, rng)
+    # more perturbed pairs, which cost no sampling: the arithmetic checks the reward model must learn
+    train_pairs += preference_pairs(train_problems[args.rm_problems:], [[] for _ in range(args.rm_perturbed)], rng)
+    eval_pairs = sample_pairs(sft_model, tokenizer, eval_problems, args, rng)
     log(f"reward model: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs "
         f"(SFT samples drawn in {time.time() - t0:.0f} s)")
     rm = RewardModel(add_lora(sft_model, args), base.config.hidden_size)
@@ -625,8 +659,8 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
         rng.shuffle(train_pairs)
         for i in range(0, len(train_pairs), half):
             batch = train_pairs[i:i + half]
-            prompts = [build_prompt(tokenizer, q) for q, _, _ in batch]
-            scores = rm.score(tokenizer, prompts + prompts, [c for _, c, _ in batch] + [r for _, _, r in batch], len(batch) * 2)
+            questions = [q for q, _, _, _ in batch]
+            scores = rm.score(tokenizer, questions + questions, [c for _, c, _, _ in batch] + [r for _, _, r, _ in batch], len(batch) * 2)
             loss = bradley_terry_loss(scores[:len(batch)], scores[len(batch):])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(rm.parameters(), args.max_grad_norm)
@@ -641,9 +675,9 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
     accuracy = pairwise_accuracy(rm, tokenizer, eval_pairs, args.batch_size)
     write_csv(run_dir / "reward" / "metrics.csv", rows)
     rm.save(run_dir / "reward" / "model")
-    log(f"reward model: held-out pairwise accuracy {accuracy:.3f} (before training {accuracy_before:.3f})")
+    log(f"reward model: held-out pairwise accuracy {accuracy} (before training {accuracy_before})")
     writer.close()
-    return {"pairwise_accuracy": accuracy, "pairwise_accuracy_before": accuracy_before,
+    return {"pairwise_accuracy": accuracy["all"], "pairwise_accuracy_by_kind": accuracy, "pairwise_accuracy_before": accuracy_before,
             "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs)}
 
 
@@ -706,7 +740,7 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
         lengths, ended = mask.sum(1), (completion_ids == tokenizer.eos_token_id).any(1)
         components = reward_components(texts, [p["answer"] for p in problems], lengths, ended, args.max_new_tokens)
         if reward_model is not None:
-            components["reward_model"] = reward_model.score(tokenizer, prompts, texts, args.batch_size)
+            components["reward_model"] = reward_model.score(tokenizer, [p["question"] for p in problems], texts, args.batch_size)
         score = sequence_reward(components, args)
 
         # 2. Old log-probs and values, the reference's log-probs, KL-shaped rewards, GAE.

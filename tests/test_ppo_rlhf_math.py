@@ -33,7 +33,7 @@ def tiny_pipeline(tiny_lm):
     out = tiny_lm.parent / "run"
     args = train.parse_args(["--stage", "all", "--model", str(tiny_lm), "--out", str(out), "--max-new-tokens", "6",
                              "--batch-size", "4", "--eval-size", "4", "--sft-examples", "8", "--rm-problems", "4",
-                             "--rm-samples", "2", "--rm-epochs", "1", "--rm-eval-pairs", "4", "--ppo-steps", "2",
+                             "--rm-samples", "2", "--rm-epochs", "1", "--rm-eval-problems", "2", "--rm-perturbed", "4", "--ppo-steps", "2",
                              "--rollout-size", "4", "--minibatch-size", "2", "--eval-every", "1", "--target-kl", "1.0"])
     return out, train.train(args)
 
