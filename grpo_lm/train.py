@@ -386,8 +386,8 @@ def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_
         _, _, ids, mask = generate(model, tokenizer, [build_prompt(tokenizer, p["question"]) for p in batch], max_new_tokens)
         completions += decode(tokenizer, ids, mask)
     answers = [p["answer"] for p in problems]
-    metrics = {"accuracy": correctness_reward(completions, answers).mean().item(),
-               "format_rate": format_reward(completions).mean().item(),
+    metrics = {"accuracy": round(correctness_reward(completions, answers).mean().item(), 4),  # float32 means: 0.325, not 0.32499998
+               "format_rate": round(format_reward(completions).mean().item(), 4),
                "last_number_accuracy": sum(last_number(c) == a for c, a in zip(completions, answers)) / len(problems),
                "n": len(problems)}
     return metrics, completions
