@@ -9,16 +9,13 @@ loss, no KL, the same correctness + format rewards, and every group trained on (
 off, because TRL has no such shortcut). Each side runs in its own subprocess, so the peak resident memory
 (ru_maxrss) is its own. The first step is reported apart (it includes one-off costs).
 """
-import argparse
-import json
 import random
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from side_by_side import parse, report, run_side, side_parser, step_seconds, step_timer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "grpo_lm"))
@@ -58,7 +55,6 @@ def run_trl(steps: int, seed: int, threads: int) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     torch.set_num_threads(threads)
@@ -76,16 +72,6 @@ def run_trl(steps: int, seed: int, threads: int) -> dict:
     def form(completions, **_):
         return grpo.format_reward(text(completions)).tolist()
 
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times, self.start = [], 0.0
-
-        def on_step_begin(self, *_, **__):
-            self.start = time.time()
-
-        def on_step_end(self, *_, **__):
-            self.times.append(time.time() - self.start)
-
     with tempfile.TemporaryDirectory() as tmp:
         config = GRPOConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=PROMPTS * G, num_generations=G,
                             gradient_accumulation_steps=1, steps_per_generation=1, max_completion_length=NEW_TOKENS,
@@ -93,7 +79,7 @@ def run_trl(steps: int, seed: int, threads: int) -> dict:
                             epsilon=0.2, epsilon_high=0.28, num_iterations=1, reward_weights=[1.0, 0.2],
                             use_cpu=True, bf16=False, fp16=False, report_to="none", save_strategy="no", logging_steps=1,
                             shuffle_dataset=False, seed=seed, dataloader_num_workers=0, log_completions=False)
-        timer = StepTimer()
+        timer = step_timer()
         trainer = GRPOTrainer(model=model, reward_funcs=[correct, form], args=config, train_dataset=data,
                               processing_class=tokenizer, peft_config=LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0,
                               target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
@@ -104,30 +90,15 @@ def run_trl(steps: int, seed: int, threads: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Seconds per GRPO step, ours vs TRL's GRPOTrainer.")
-    parser.add_argument("--steps", type=int, default=4, help="steps per side (the first is reported apart)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of both runs")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per side")
-    parser.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)  # internal: one side per subprocess
-    args = parser.parse_args()
-    if args.steps < 2:
-        parser.error("--steps must be at least 2")
+    args = parse(side_parser("Seconds per GRPO step, ours vs TRL's GRPOTrainer."))
     if args.side:
-        result = (run_ours if args.side == "ours" else run_trl)(args.steps, args.seed, args.threads)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps(result))
+        report((run_ours if args.side == "ours" else run_trl)(args.steps, args.seed, args.threads))
         return
     print(f"GRPO step, SmolLM2-135M-Instruct + LoRA r={LORA_R}, {PROMPTS} prompts x G={G}, {NEW_TOKENS} new tokens, "
           f"fp32 CPU, {args.threads} thread(s), {args.steps} steps each")
     for side in ("ours", "trl"):
-        proc = subprocess.run([sys.executable, __file__, "--side", side, "--steps", str(args.steps), "--seed", str(args.seed),
-                               "--threads", str(args.threads)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"error: the {side} side failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        later = r["step_seconds"][1:]
-        print(f"{side:>4}: {statistics.mean(later):6.1f} s/step (steps 2-{args.steps}; first step {r['step_seconds'][0]:.1f} s), "
-              f"mean completion {r['completion_length']:.1f} tokens, peak RSS {r['peak_rss_mb']:.0f} MB")
+        r = run_side(sys.executable, __file__, side, args)
+        print(f"{step_seconds(side, r)}, mean completion {r['completion_length']:.1f} tokens")
 
 
 if __name__ == "__main__":

@@ -17,18 +17,15 @@ seconds_per_step (sample, score, update); TRL's loop fires on_step_end per batch
 the time between consecutive on_step_end calls (the first from on_train_begin). The first step is reported apart. Each
 side runs in its own subprocess, so the peak resident memory (ru_maxrss) is its own.
 """
-import argparse
 import importlib.metadata
-import json
 import os
 import random
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from side_by_side import parse, report, run_side, side_parser, step_seconds, step_timer
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # the model is a local directory; never wait on the hub
 REPO = Path(__file__).resolve().parents[1]
@@ -97,19 +94,7 @@ def run_trl(steps: int, seed: int, threads: int) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForSequenceClassification, TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times, self.last = [], 0.0
-
-        def on_train_begin(self, *_, **__):
-            self.last = time.time()
-
-        def on_step_end(self, *_, **__):
-            now = time.time()
-            self.times.append(now - self.last)
-            self.last = now
+    from transformers import AutoModelForSequenceClassification
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -127,7 +112,7 @@ def run_trl(steps: int, seed: int, threads: int) -> dict:
                            stop_token="eos", missing_eos_penalty=NO_EOS_PENALTY, kl_coef=KL_COEF, kl_estimator="k1",
                            learning_rate=LR, num_sample_generations=0, use_cpu=True, bf16=False, fp16=False,
                            report_to="none", save_strategy="no", logging_steps=1)
-        timer = StepTimer()
+        timer = step_timer()
         trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=None, reward_model=reward_model,
                              train_dataset=data, value_model=critic, callbacks=[timer],
                              peft_config=LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=LORA_TARGETS))
@@ -137,32 +122,18 @@ def run_trl(steps: int, seed: int, threads: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Seconds per PPO step, ours vs TRL's PPOTrainer (trl 1.12).")
-    parser.add_argument("--steps", type=int, default=4, help="PPO steps per side (the first is reported apart)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of both runs")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per side")
+    parser = side_parser("Seconds per PPO step, ours vs TRL's PPOTrainer (trl 1.12).")
     parser.add_argument("--trl-python", default=sys.executable, help="Python interpreter with trl==1.12.0 for the TRL side "
                         "(default: this one)")
-    parser.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)  # internal: one side per subprocess
-    args = parser.parse_args()
-    if args.steps < 2:
-        parser.error("--steps must be at least 2")
+    args = parse(parser)
     if args.side:
-        result = (run_ours if args.side == "ours" else run_trl)(args.steps, args.seed, args.threads)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps(result))
+        report((run_ours if args.side == "ours" else run_trl)(args.steps, args.seed, args.threads))
         return
     print(f"PPO step, SmolLM2-135M-Instruct + LoRA r={LORA_R}, {ROLLOUT} prompts x 1, {NEW_TOKENS} new tokens, "
           f"{EPOCHS} epochs x minibatch {MINIBATCH}, fp32 CPU, {args.threads} thread(s), {args.steps} steps each")
     for side, python in (("ours", sys.executable), ("trl", args.trl_python)):
-        proc = subprocess.run([python, __file__, "--side", side, "--steps", str(args.steps), "--seed", str(args.seed),
-                               "--threads", str(args.threads)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"error: the {side} side failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        later = r["step_seconds"][1:]
-        print(f"{side:>4}: {statistics.mean(later):6.1f} s/step (steps 2-{args.steps}; first step {r['step_seconds'][0]:.1f} s), "
-              f"{r['eos_rate']:.0%} of completions end with EOS, peak RSS {r['peak_rss_mb']:.0f} MB")
+        r = run_side(python, __file__, side, args)
+        print(f"{step_seconds(side, r)}, {r['eos_rate']:.0%} of completions end with EOS")
 
 
 if __name__ == "__main__":
