@@ -627,9 +627,9 @@ def pairwise_accuracy(rm: RewardModel, tokenizer, pairs, batch_size: int) -> dic
     chosen = rm.score(tokenizer, questions, [c for _, c, _, _ in pairs], batch_size)
     rejected = rm.score(tokenizer, questions, [r for _, _, r, _ in pairs], batch_size)
     right, kinds = (chosen > rejected).float(), [k for _, _, _, k in pairs]
-    accuracy = {"all": right.mean().item()}
+    accuracy = {"all": round(right.mean().item(), 4)}
     for kind in sorted(set(kinds)):
-        accuracy[kind] = right[[k == kind for k in kinds]].mean().item()
+        accuracy[kind] = round(right[[k == kind for k in kinds]].mean().item(), 4)
     return accuracy
 
 
