@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from side_by_side import parse, report, run_side, side_parser, step_seconds, step_timer
+from side_by_side import parse, problems_drawn, report, run_side, side_parser, step_seconds, step_timer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "grpo_lm"))
@@ -26,13 +26,7 @@ PROMPTS, G, NEW_TOKENS, LORA_R, LORA_ALPHA, LR = 4, 8, 64, 4, 8, 3e-4
 
 def problems_in_order(steps: int, seed: int) -> list[dict]:
     """The problems our trainer draws with this seed (held-out set of 1 skipped), so both sides see the same prompts."""
-    rng, held = random.Random(seed), {p["question"] for p in grpo.heldout_problems(1)}
-    out = []
-    while len(out) < steps * PROMPTS:
-        p = grpo.make_problem(rng)
-        if p["question"] not in held:
-            out.append(p)
-    return out
+    return problems_drawn(grpo.make_problem, {p["question"] for p in grpo.heldout_problems(1)}, random.Random(seed), steps * PROMPTS)
 
 
 def run_ours(steps: int, seed: int, threads: int) -> dict:

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from side_by_side import parse, report, run_side, side_parser, step_seconds, step_timer
+from side_by_side import parse, problems_drawn, report, run_side, side_parser, step_seconds, step_timer
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # the model is a local directory; never wait on the hub
 REPO = Path(__file__).resolve().parents[1]
@@ -39,13 +39,8 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def rollout_problems(steps: int, seed: int) -> list[dict]:
     """The problems train_ppo draws in `steps` steps (its rng, held-out questions skipped), for TRL's dataset."""
-    rng, held = random.Random(seed + 2), {p["question"] for p in rlhf.heldout_problems(EVAL_SIZE)}
-    problems = []
-    while len(problems) < steps * ROLLOUT:
-        p = rlhf.make_problem(rng)
-        if p["question"] not in held:
-            problems.append(p)
-    return problems
+    held = {p["question"] for p in rlhf.heldout_problems(EVAL_SIZE)}
+    return problems_drawn(rlhf.make_problem, held, random.Random(seed + 2), steps * ROLLOUT)
 
 
 def throwaway_models(args: rlhf.Args, tmp: Path) -> tuple[Path, Path]:

@@ -47,6 +47,17 @@ def step_timer():
     return StepTimer()
 
 
+def problems_drawn(make_problem, held_questions: set[str], rng, n: int) -> list[dict]:
+    """The first n problems a trainer draws from rng, held-out questions skipped (as its sample_problem does),
+    so that TRL's side gets the same prompts as ours."""
+    problems = []
+    while len(problems) < n:
+        p = make_problem(rng)
+        if p["question"] not in held_questions:
+            problems.append(p)
+    return problems
+
+
 def report(result: dict) -> None:
     """In a side's process: add its peak resident memory (ru_maxrss, MB) and print the result as the last line."""
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
