@@ -10,8 +10,8 @@ Both sides: SmolLM2-135M-Instruct in fp32 on CPU, a LoRA r=8 (alpha 16) policy o
 completion per step (the same generated problems; TRL's loader shuffles them into its batches), up to 48 new tokens at
 temperature 1, a k1 KL penalty of 0.05 to the reference (the policy with its adapter disabled), GAE (gamma 1, lambda
 0.95), 2 epochs x 2 minibatches of 8 at lr 2e-4, a penalty of 1 for a missing EOS. The SFT adapter is a fresh LoRA (so
-the base model) and the reward heads are random: only time is measured. Different by design: ours reads values from a
-head on the policy's own backbone and its reward model is a second backbone with a LoRA; TRL runs the value model and
+the base model) and the reward models are untrained: only time is measured. Different by design: ours reads values from
+a head on the policy's own backbone and its reward model is a 0.85M-weight character transformer; TRL runs the value model and
 the reward model as two more full networks and trains the value model in full (all 135M weights). Timed: ours, its
 seconds_per_step (sample, score, update); TRL's loop fires on_step_end per batch but no on_step_begin, so its step is
 the time between consecutive on_step_end calls (the first from on_train_begin). The first step is reported apart. Each
@@ -44,11 +44,11 @@ def rollout_problems(steps: int, seed: int) -> list[dict]:
 
 
 def throwaway_models(args: rlhf.Args, tmp: Path) -> tuple[Path, Path]:
-    """An SFT adapter (a fresh LoRA, equal to the base model) and a reward model with a random head, saved in tmp."""
+    """An SFT adapter (a fresh LoRA, equal to the base model) and an untrained reward model, saved in tmp."""
     base, _ = rlhf.load_base("")
     sft = rlhf.add_lora(base, args)
     sft.save_pretrained(tmp / "sft")
-    rlhf.RewardModel(rlhf.add_lora(sft.merge_and_unload(), args), base.config.hidden_size).save(tmp / "reward")
+    rlhf.RewardModel(args.rm_dim, args.rm_layers).save(tmp / "reward")
     return tmp / "sft", tmp / "reward"
 
 

@@ -33,7 +33,8 @@ def tiny_pipeline(tiny_lm):
     out = tiny_lm.parent / "run"
     args = train.parse_args(["--stage", "all", "--model", str(tiny_lm), "--out", str(out), "--max-new-tokens", "6",
                              "--batch-size", "4", "--eval-size", "4", "--sft-examples", "8", "--rm-problems", "4",
-                             "--rm-samples", "2", "--rm-epochs", "1", "--rm-eval-problems", "2", "--rm-perturbed", "4", "--ppo-steps", "2",
+                             "--rm-samples", "2", "--rm-eval-problems", "2", "--rm-dim", "16", "--rm-layers", "1", "--rm-warmup-steps", "2",
+                             "--rm-warmup-batch", "4", "--rm-steps", "2", "--rm-batch", "4", "--ppo-steps", "2",
                              "--rollout-size", "4", "--minibatch-size", "2", "--eval-every", "1", "--target-kl", "1.0"])
     return out, train.train(args)
 
@@ -123,6 +124,19 @@ def test_reward_components_on_hand_written_completions():
     assert reward[0] > reward[3] > reward[1] > reward[2] > reward[4]
 
 
+def test_reward_model_reads_the_last_real_token():
+    torch.manual_seed(0)
+    rm = train.RewardModel(dim=16, layers=1).eval()
+    ids, segments, positions, lengths = train.encode_for_reward(["What is 2 + 3?", "What is 12 + 30?"], ["2 + 3 = 5\n#### 5", "#### 42"])
+    assert positions[0, len("What is 2 + 3?")] == 0 and ids[0, lengths[0] - 1] == train.END  # positions restart at the answer
+    assert (ids[1, lengths[1]:] == train.PAD).all() and segments[0, :len("What is 2 + 3?")].sum() == 0
+    alone = rm.score(["What is 12 + 30?"], ["#### 42"])
+    torch.testing.assert_close(rm.score(["What is 2 + 3?", "What is 12 + 30?"], ["2 + 3 = 5\n#### 5", "#### 42"])[1:], alone)
+    saved = train.RewardModel(dim=16, layers=1)
+    loss = saved.next_char_loss(saved.hidden(ids, segments, positions), ids, segments)
+    assert torch.isfinite(loss) and loss.item() > 0
+
+
 def test_perturbed_solution_is_wrong_and_well_formed():
     import random
     rng = random.Random(0)
@@ -135,7 +149,7 @@ def test_each_stage_runs_and_writes_outputs(tiny_pipeline):
     out, summary = tiny_pipeline
     assert set(summary) == {"sft", "reward", "ppo"} and all(summary[s]["seconds"] > 0 for s in summary)
     assert (out / "sft" / "adapter" / "adapter_config.json").is_file()
-    assert (out / "reward" / "model" / "head.pt").is_file() and 0 <= summary["reward"]["pairwise_accuracy"] <= 1
+    assert (out / "reward" / "model" / "reward_model.pt").is_file() and 0 <= summary["reward"]["pairwise_accuracy"] <= 1
     assert (out / "ppo" / "adapter" / "value_head.pt").is_file() and (out / "ppo" / "learning_curve.png").is_file()
     evals = sorted((out / "ppo").glob("eval_step*.json"))
     assert len(evals) == 3 and {"accuracy", "format_rate", "mean_length", "n"} <= set(json.loads(evals[-1].read_text()))
