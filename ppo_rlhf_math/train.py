@@ -8,9 +8,10 @@ and held-out set as grpo_lm/, so the two algorithms can be compared directly.
     accelerate launch ppo_rlhf_math/train.py --stage ppo ...   # same script, several processes/devices
 
 1. SFT: LoRA fine-tuning on generated problems with short worked solutions ending in '#### <answer>'.
-2. Reward model: the SFT backbone with a fresh LoRA and a scalar head, read at the last real token,
-   trained with the Bradley-Terry loss on pairs (chosen: a correct solution; rejected: a wrong one,
-   sampled from the SFT model and labelled by the checker, or a perturbed correct one).
+2. Reward model: a small character-level transformer trained from scratch, with a scalar head read at the
+   last real token: a warm-up on worked solutions (next-character loss), then the Bradley-Terry loss on pairs
+   (chosen: a correct solution; rejected: a wrong one, sampled from the SFT model and labelled by the
+   checker, or a perturbed correct one) beside the next-character loss on the chosen answers.
 3. PPO: the SFT model (adapter merged) gets a new LoRA adapter and a value head; the reference is the same
    network with that adapter disabled (no second copy). Sequence reward at the last real token: weighted
    reward-model score, correctness, format, brevity (correct answers only) and a penalty when no EOS is
@@ -502,6 +503,14 @@ class RewardModel(nn.Module):
         return torch.cat([self(*encode_for_reward(questions[i:i + batch_size], completions[i:i + batch_size]))
                           for i in range(0, len(questions), batch_size)])
 
+    @torch.no_grad()
+    def standardize(self, questions: list[str], completions: list[str]) -> None:
+        """Rescales the head so these answers score mean 0 and std 1 (InstructGPT shifts its reward model the same
+        way): the score then sits on the scale of the other reward components. Pairwise accuracy is unchanged."""
+        scores = self.score(questions, completions)
+        self.head.weight /= scores.std()
+        self.head.bias.copy_((self.head.bias - scores.mean()) / scores.std())
+
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         torch.save({"config": self.config, "state_dict": self.state_dict()}, path / "reward_model.pt")
@@ -741,6 +750,7 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
             bar.set_postfix({k: f"{v:.3f}" for k, v in info.items()})
         log(f"reward model: {phase} done, held-out pairwise accuracy {pairwise_accuracy(rm, eval_pairs)}")
     accuracy = pairwise_accuracy(rm, eval_pairs)
+    rm.standardize([q for q, _, _, _ in eval_pairs] * 2, [c for _, c, _, _ in eval_pairs] + [r for _, _, r, _ in eval_pairs])
     write_csv(run_dir / "reward" / "metrics.csv", rows)
     rm.save(run_dir / "reward" / "model")
     log(f"reward model: held-out pairwise accuracy {accuracy} (before training {accuracy_before})")

@@ -132,8 +132,11 @@ def test_reward_model_reads_the_last_real_token():
     assert (ids[1, lengths[1]:] == train.PAD).all() and segments[0, :len("What is 2 + 3?")].sum() == 0
     alone = rm.score(["What is 12 + 30?"], ["#### 42"])
     torch.testing.assert_close(rm.score(["What is 2 + 3?", "What is 12 + 30?"], ["2 + 3 = 5\n#### 5", "#### 42"])[1:], alone)
-    saved = train.RewardModel(dim=16, layers=1)
-    loss = saved.next_char_loss(saved.hidden(ids, segments, positions), ids, segments)
+    rm.standardize(["What is 2 + 3?"] * 3, ["#### 5", "#### 6", "2 + 3 = 5\n#### 5"])
+    standard = rm.score(["What is 2 + 3?"] * 3, ["#### 5", "#### 6", "2 + 3 = 5\n#### 5"])
+    assert abs(standard.mean().item()) < 1e-5 and abs(standard.std().item() - 1) < 1e-4
+    fresh = train.RewardModel(dim=16, layers=1)
+    loss = fresh.next_char_loss(fresh.hidden(ids, segments, positions), ids, segments)
     assert torch.isfinite(loss) and loss.item() > 0
 
 
