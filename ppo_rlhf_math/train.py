@@ -733,6 +733,8 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
     accuracy_before = pairwise_accuracy(rm, eval_pairs)
     writer, rows = summary_writer(run_dir / "reward"), []
     for phase, steps, loss_fn in (("warmup", args.rm_warmup_steps, warmup_loss), ("pairs", args.rm_steps, pair_loss)):
+        if steps == 0:  # --rm-warmup-steps 0: straight to the pairs
+            continue
         optimizer = torch.optim.AdamW(rm.parameters(), lr=args.rm_lr, weight_decay=0.01)
         # 100 steps of linear warm-up, then cosine decay to 0: the from-scratch transformer needs both
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / steps)))
