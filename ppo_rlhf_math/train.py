@@ -438,13 +438,6 @@ def merge_adapter(model, adapter_dir: str | Path):
         raise SystemExit(f"error: cannot load adapter {str(adapter_dir)!r}: {type(err).__name__}: {str(err).splitlines()[0]}")
 
 
-def last_hidden(model, input_ids, attention_mask) -> torch.Tensor:
-    """(B, L, H) last-layer hidden states (after the final norm) of a causal LM or its peft wrapper."""
-    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
-    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                 output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
-
-
 PAD, UNK, END, ANSWER = 0, 1, 2, 3  # the reward model's own ids below 32; printable characters keep their ASCII code
 SEGMENT_CHARS = 160  # it reads the last 160 characters of the question and of the answer
 
