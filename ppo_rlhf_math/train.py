@@ -78,12 +78,13 @@ class Args:
     rm_eval_problems: int = field(default=100, metadata={"help": "held-out problems for the pairwise accuracy (sampled and perturbed pairs)"})
     rm_dim: int = field(default=128, metadata={"help": "width of the reward model's character transformer"})
     rm_layers: int = field(default=4, metadata={"help": "its layers"})
-    rm_warmup_steps: int = field(default=2500, metadata={"help": "next-character steps on bare worked solutions before the pairs"})
-    rm_warmup_batch: int = field(default=128, metadata={"help": "solutions per warm-up step"})
-    rm_steps: int = field(default=1000, metadata={"help": "Bradley-Terry steps"})
+    rm_warmup_steps: int = field(default=1500, metadata={"help": "warm-up steps on answers alone (no question) before the pairs with questions"})
+    rm_warmup_batch: int = field(default=64, metadata={"help": "pairs per warm-up step"})
+    rm_steps: int = field(default=500, metadata={"help": "steps on pairs with their questions"})
     rm_batch: int = field(default=32, metadata={"help": "pairs per Bradley-Terry step"})
     rm_sampled_share: float = field(default=0.3, metadata={"help": "share of each pair batch drawn from the SFT model's wrong answers (the rest: perturbed solutions)"})
     rm_lm_coef: float = field(default=1.0, metadata={"help": "weight of the next-character loss on chosen answers beside the Bradley-Terry loss"})
+    rm_token_coef: float = field(default=1.0, metadata={"help": "weight of the per-character correctness loss (is the answer still right so far?) beside the Bradley-Terry loss"})
     rm_lr: float = field(default=2e-3, metadata={"help": "AdamW peak learning rate of the reward model"})
     # 3. PPO
     ppo_steps: int = field(default=40, metadata={"help": "PPO steps (each: sample, score, several epochs of updates)"})
@@ -135,8 +136,8 @@ def parse_args(argv=None) -> Args:
                  "ppo_epochs", "ppo_lr", "temperature", "clip", "eval_every"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.rm_warmup_steps < 0 or args.rm_lm_coef < 0 or not 0 <= args.rm_sampled_share <= 1:
-        parser.error("--rm-warmup-steps and --rm-lm-coef must be 0 or more, --rm-sampled-share in [0, 1]")
+    if min(args.rm_warmup_steps, args.rm_lm_coef, args.rm_token_coef) < 0 or not 0 <= args.rm_sampled_share <= 1:
+        parser.error("--rm-warmup-steps, --rm-lm-coef and --rm-token-coef must be 0 or more, --rm-sampled-share in [0, 1]")
     if args.rm_dim % 4:
         parser.error("--rm-dim must be a multiple of 4 (the reward model's attention heads)")
     if args.stage not in ("sft", "reward", "ppo", "all"):
@@ -440,21 +441,54 @@ def merge_adapter(model, adapter_dir: str | Path):
 
 PAD, UNK, END, ANSWER = 0, 1, 2, 3  # the reward model's own ids below 32; printable characters keep their ASCII code
 SEGMENT_CHARS = 160  # it reads the last 160 characters of the question and of the answer
+NUMBER = re.compile(r"\d+")
+
+
+def reward_text(text: str) -> str:
+    """The text as the reward model reads it: the digits of every number reversed, units first (47 + 38 = 85 reads
+    74 + 83 = 58), so each digit of a result comes after the digits it depends on and a carry flows in reading order
+    (Lee et al. 2023, "Teaching arithmetic to small transformers")."""
+    return NUMBER.sub(lambda m: m.group()[::-1], text.strip())[-SEGMENT_CHARS:]
 
 
 def encode_for_reward(questions: list[str | None], answers: list[str]) -> tuple[torch.Tensor, ...]:
-    """(ids, segments, positions, lengths), right-padded: the question's characters (segment 0), then ANSWER, the
-    answer's characters and END (segment 1). Positions restart at ANSWER, so the arithmetic the model learns on
-    bare solutions (question None, the warm-up) sits at the same positions when a question stands in front."""
+    """(ids, segments, positions, places, lengths), right-padded: the question's characters (segment 0), then ANSWER,
+    the answer's characters and END (segment 1), all in reward_text form. Positions restart at ANSWER, so the
+    arithmetic the model learns on bare solutions (question None) sits at the same positions when a question stands
+    in front. places: 1 + a digit's place value (1 units, 2 tens, ...), 0 for other characters, so digits of the same
+    place find each other wherever the numbers stand (the "abacus" embedding of McLeish et al. 2024)."""
     def chars(text: str) -> list[int]:
-        return [ord(c) if 32 <= ord(c) < 127 or c == "\n" else UNK for c in text[-SEGMENT_CHARS:]]
+        return [ord(c) if 32 <= ord(c) < 127 or c == "\n" else UNK for c in reward_text(text)]
+
+    def place_values(ids: list[int]) -> list[int]:
+        places, run = [], 0
+        for i in ids:
+            run = min(run + 1, 8) if 48 <= i <= 57 else 0
+            places.append(run)
+        return places
     rows = []
     for question, answer in zip(questions, answers):
-        q, a = chars(question) if question is not None else [], [ANSWER] + chars(answer.strip()) + [END]
-        rows.append((q + a, [0] * len(q) + [1] * len(a), list(range(len(q))) + list(range(len(a)))))
-    width = max(len(ids) for ids, _, _ in rows)
-    ids, segments, positions = (torch.tensor([row[k] + [0] * (width - len(row[k])) for row in rows]) for k in range(3))
-    return ids, segments, positions, torch.tensor([len(row[0]) for row in rows])
+        q, a = chars(question) if question is not None else [], [ANSWER] + chars(answer) + [END]
+        rows.append((q + a, [0] * len(q) + [1] * len(a), list(range(len(q))) + list(range(len(a))), place_values(q + a)))
+    width = max(len(row[0]) for row in rows)
+    ids, segments, positions, places = (torch.tensor([row[k] + [0] * (width - len(row[k])) for row in rows]) for k in range(4))
+    return ids, segments, positions, places, torch.tensor([len(row[0]) for row in rows])
+
+
+def prefix_targets(chosen: str, rejected: str, segments: torch.Tensor) -> torch.Tensor:
+    """Per-character targets of the token-level loss for one pair, (2, L) aligned with encode_for_reward([q, q],
+    [chosen, rejected]); NaN where there is no target (question, ANSWER, padding). The target of a character is 1
+    while the answer up to it could still be right: every character of the chosen answer; the rejected answer's
+    characters up to where it leaves the chosen one, then 0 to its END. So the rejected answer's first wrong digit is
+    labelled where it stands, not only at the end (process supervision, Lightman et al. 2023; Cobbe et al. 2021
+    found token-level verifiers better than answer-level ones)."""
+    right = len(os.path.commonprefix([reward_text(chosen), reward_text(rejected)]))
+    targets = torch.full(segments.shape, float("nan"))
+    for row, good in enumerate((None, right)):
+        start = int(segments[row].argmax()) + 1  # the first character after ANSWER
+        n = int(segments[row].sum()) - 1  # the answer's characters and END
+        targets[row, start:start + n] = 1.0 if good is None else (torch.arange(n) < good).float()
+    return targets
 
 
 class RewardModel(nn.Module):
@@ -470,19 +504,20 @@ class RewardModel(nn.Module):
         super().__init__()
         self.config = {"dim": dim, "layers": layers, "heads": heads}
         self.embed, self.position, self.segment = nn.Embedding(128, dim), nn.Embedding(SEGMENT_CHARS + 2, dim), nn.Embedding(2, dim)
+        self.place = nn.Embedding(9, dim)
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
         self.body, self.norm = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False), nn.LayerNorm(dim)
         self.head, self.next_char = nn.Linear(dim, 1), nn.Linear(dim, 128)
 
-    def hidden(self, ids: torch.Tensor, segments: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def hidden(self, ids, segments, positions, places) -> torch.Tensor:
         """(B, L, dim); causal, so right padding never reaches a real token."""
         causal = nn.Transformer.generate_square_subsequent_mask(ids.shape[1])
-        x = self.embed(ids) + self.position(positions) + self.segment(segments)
+        x = self.embed(ids) + self.position(positions) + self.segment(segments) + self.place(places)
         return self.norm(self.body(x, mask=causal, is_causal=True))
 
-    def forward(self, ids, segments, positions, lengths) -> torch.Tensor:
+    def forward(self, ids, segments, positions, places, lengths) -> torch.Tensor:
         """Scores (B,) read at the last real token."""
-        return self.head(self.hidden(ids, segments, positions)[torch.arange(len(ids)), lengths - 1]).squeeze(-1)
+        return self.head(self.hidden(ids, segments, positions, places)[torch.arange(len(ids)), lengths - 1]).squeeze(-1)
 
     def next_char_loss(self, hidden: torch.Tensor, ids: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of every answer character given the ones before it (question characters and padding
@@ -677,10 +712,11 @@ def pairwise_accuracy(rm: RewardModel, pairs) -> dict[str, float]:
 def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dict:
     """Trains r_phi in two phases and saves <run_dir>/reward/model/reward_model.pt.
 
-    Warm-up: the next-character loss on worked solutions alone (short sequences, cheap), where the model learns the
-    family's arithmetic. Then the Bradley-Terry loss on (question, chosen, rejected) pairs plus the next-character
-    loss on the chosen answers. Each pair batch takes a share of the SFT model's own wrong answers (sampled once
-    and labelled by the checker) and fills the rest with perturbed solutions to fresh problems, never repeated."""
+    Each step's loss is the Bradley-Terry loss on pairs (chosen, rejected), the per-character correctness loss on both
+    answers (prefix_targets) and the next-character loss on the chosen one. Warm-up: the answers alone, without the
+    question (short sequences, cheap, where the model learns the family's arithmetic), all perturbed solutions to fresh
+    problems. Then the pairs with their questions, a share of them the SFT model's own wrong answers (sampled once and
+    labelled by the checker), the rest perturbed solutions to fresh problems, never repeated."""
     base, tokenizer = load_base(args.model)
     sft_model = merge_adapter(base, sft_adapter)
     rng = random.Random(args.seed)
@@ -701,31 +737,31 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
             if p["question"] not in unseen:
                 return p
 
-    def warmup_loss(rm: RewardModel) -> tuple[torch.Tensor, dict]:
-        ids, segments, positions, _ = encode_for_reward([None] * args.rm_warmup_batch,
-                                                         [fresh_problem()["solution"] for _ in range(args.rm_warmup_batch)])
-        loss = rm.next_char_loss(rm.hidden(ids, segments, positions), ids, segments)
-        return loss, {"next_char_loss": loss.item()}
-
-    def pair_loss(rm: RewardModel) -> tuple[torch.Tensor, dict]:
-        batch = [rng.choice(sampled_pairs) if sampled_pairs and rng.random() < args.rm_sampled_share else None
-                 for _ in range(args.rm_batch)]
+    def pair_loss(rm: RewardModel, n: int, bare: bool) -> tuple[torch.Tensor, dict]:
+        batch = [rng.choice(sampled_pairs) if not bare and sampled_pairs and rng.random() < args.rm_sampled_share else None
+                 for _ in range(n)]
         for i, pair in enumerate(batch):
             if pair is None:
                 p = fresh_problem()
                 batch[i] = (p["question"], p["solution"], perturb_solution(p, rng), "perturbed")
-        questions, n = [q for q, _, _, _ in batch], len(batch)
-        ids, segments, positions, lengths = encode_for_reward(questions + questions, [c for _, c, _, _ in batch] + [r for _, _, r, _ in batch])
-        hidden = rm.hidden(ids, segments, positions)
-        scores = rm.head(hidden[torch.arange(2 * n), lengths - 1]).squeeze(-1)
+        questions = [None if bare else q for q, _, _, _ in batch]
+        ids, segments, positions, places, lengths = encode_for_reward(questions + questions, [c for _, c, _, _ in batch] + [r for _, _, r, _ in batch])
+        hidden = rm.hidden(ids, segments, positions, places)
+        every_score = rm.head(hidden).squeeze(-1)  # (2n, L): the head read at every character, for the token-level loss
+        scores = every_score[torch.arange(2 * n), lengths - 1]
+        targets = torch.cat([prefix_targets(c, r, segments[[i, n + i]]) for i, (_, c, r, _) in enumerate(batch)])
+        targets = targets.view(n, 2, -1).transpose(0, 1).reshape(2 * n, -1)  # pair-major rows back to [chosen; rejected]
+        known = ~targets.isnan()
+        token = F.binary_cross_entropy_with_logits(every_score[known], targets[known])
         bt, next_char = bradley_terry_loss(scores[:n], scores[n:]), rm.next_char_loss(hidden[:n], ids[:n], segments[:n])
-        return bt + args.rm_lm_coef * next_char, {"bt_loss": bt.item(), "next_char_loss": next_char.item(),
-                                                   "train_pair_accuracy": (scores[:n] > scores[n:]).float().mean().item()}
+        return bt + args.rm_token_coef * token + args.rm_lm_coef * next_char, {
+            "bt_loss": bt.item(), "token_loss": token.item(), "next_char_loss": next_char.item(),
+            "train_pair_accuracy": (scores[:n] > scores[n:]).float().mean().item()}
 
     rm = RewardModel(args.rm_dim, args.rm_layers)
     accuracy_before = pairwise_accuracy(rm, eval_pairs)
     writer, rows = summary_writer(run_dir / "reward"), []
-    for phase, steps, loss_fn in (("warmup", args.rm_warmup_steps, warmup_loss), ("pairs", args.rm_steps, pair_loss)):
+    for phase, steps, n, bare in (("warmup", args.rm_warmup_steps, args.rm_warmup_batch, True), ("pairs", args.rm_steps, args.rm_batch, False)):
         if steps == 0:  # --rm-warmup-steps 0: straight to the pairs
             continue
         optimizer = torch.optim.AdamW(rm.parameters(), lr=args.rm_lr, weight_decay=0.01)
@@ -733,13 +769,13 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / steps)))
         bar = tqdm(range(1, steps + 1), desc=f"reward model ({phase})", disable=None)
         for step in bar:
-            loss, info = loss_fn(rm)
+            loss, info = pair_loss(rm, n, bare)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(rm.parameters(), args.max_grad_norm)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
-            rows.append({"step": len(rows) + 1, "phase": phase, "bt_loss": float("nan"), "train_pair_accuracy": float("nan"), **info})
+            rows.append({"step": len(rows) + 1, "phase": phase, **info})
             for k, v in info.items():
                 writer.add_scalar(f"reward/{phase}/{k}", v, step)
             bar.set_postfix({k: f"{v:.3f}" for k, v in info.items()})

@@ -127,8 +127,9 @@ def test_reward_components_on_hand_written_completions():
 def test_reward_model_reads_the_last_real_token():
     torch.manual_seed(0)
     rm = train.RewardModel(dim=16, layers=1).eval()
-    ids, segments, positions, lengths = train.encode_for_reward(["What is 2 + 3?", "What is 12 + 30?"], ["2 + 3 = 5\n#### 5", "#### 42"])
+    ids, segments, positions, places, lengths = train.encode_for_reward(["What is 2 + 3?", "What is 12 + 30?"], ["2 + 3 = 5\n#### 5", "#### 42"])
     assert positions[0, len("What is 2 + 3?")] == 0 and ids[0, lengths[0] - 1] == train.END  # positions restart at the answer
+    assert train.reward_text(" 47 + 138 = 185\n") == "74 + 831 = 581" and places[1, lengths[1] - 3:lengths[1] - 1].tolist() == [1, 2]  # "24": units first
     assert (ids[1, lengths[1]:] == train.PAD).all() and segments[0, :len("What is 2 + 3?")].sum() == 0
     alone = rm.score(["What is 12 + 30?"], ["#### 42"])
     torch.testing.assert_close(rm.score(["What is 2 + 3?", "What is 12 + 30?"], ["2 + 3 = 5\n#### 5", "#### 42"])[1:], alone)
@@ -136,8 +137,19 @@ def test_reward_model_reads_the_last_real_token():
     standard = rm.score(["What is 2 + 3?"] * 3, ["#### 5", "#### 6", "2 + 3 = 5\n#### 5"])
     assert abs(standard.mean().item()) < 1e-5 and abs(standard.std().item() - 1) < 1e-4
     fresh = train.RewardModel(dim=16, layers=1)
-    loss = fresh.next_char_loss(fresh.hidden(ids, segments, positions), ids, segments)
+    loss = fresh.next_char_loss(fresh.hidden(ids, segments, positions, places), ids, segments)
     assert torch.isfinite(loss) and loss.item() > 0
+
+
+def test_prefix_targets_mark_the_first_wrong_digit():
+    question, chosen, rejected = "What is 47 + 38?", "47 + 38 = 85\n#### 85", "47 + 38 = 75\n#### 75"
+    _, segments, _, _, _ = train.encode_for_reward([question, question], [chosen, rejected])
+    targets = train.prefix_targets(chosen, rejected, segments)
+    start = len(question) + 1  # the first answer character, after ANSWER
+    assert targets[:, :start].isnan().all()  # no target on the question or on ANSWER
+    assert (targets[0, start:] == 1).all()  # every character of the chosen answer, END included
+    wrong = start + len("74 + 83 = 5")  # reversed digits: 85 reads 58, 75 reads 57, so the tens digit is the first to differ
+    assert (targets[1, start:wrong] == 1).all() and (targets[1, wrong:] == 0).all()
 
 
 def test_perturbed_solution_is_wrong_and_well_formed():
