@@ -81,7 +81,7 @@ class Args:
     rm_warmup_steps: int = field(default=3000, metadata={"help": "warm-up steps on answers alone (no question) before the pairs with questions"})
     rm_warmup_batch: int = field(default=64, metadata={"help": "pairs per warm-up step"})
     rm_steps: int = field(default=800, metadata={"help": "steps on pairs with their questions"})
-    rm_batch: int = field(default=32, metadata={"help": "pairs per Bradley-Terry step"})
+    rm_batch: int = field(default=32, metadata={"help": "pairs per step of the pair phase"})
     rm_sampled_share: float = field(default=0.3, metadata={"help": "share of each pair batch drawn from the SFT model's wrong answers (the rest: perturbed solutions)"})
     rm_lm_coef: float = field(default=1.0, metadata={"help": "weight of the next-character loss on chosen answers beside the Bradley-Terry loss"})
     rm_token_coef: float = field(default=1.0, metadata={"help": "weight of the per-character correctness loss (is the answer still right so far?) beside the Bradley-Terry loss"})
@@ -738,6 +738,7 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
                 return p
 
     def pair_loss(rm: RewardModel, n: int, bare: bool) -> tuple[torch.Tensor, dict]:
+        """The loss on n pairs; bare: answers without their questions and no sampled pairs (the warm-up)."""
         batch = [rng.choice(sampled_pairs) if not bare and sampled_pairs and rng.random() < args.rm_sampled_share else None
                  for _ in range(n)]
         for i, pair in enumerate(batch):
