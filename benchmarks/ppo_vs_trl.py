@@ -74,11 +74,14 @@ def import_trl_ppo():
     """TRL's PPOConfig and PPOTrainer, or one line saying which trl has them."""
     try:
         from trl.experimental.ppo import PPOConfig, PPOTrainer
-    except ImportError:
+    except ImportError as err:
         try:
             found = f"trl {importlib.metadata.version('trl')}"
         except importlib.metadata.PackageNotFoundError:
             found = "no trl"
+        if found == "trl 1.12.0":  # the right trl, but one of its own imports is missing (pandas, datasets, ...)
+            raise SystemExit(f"trl 1.12.0 in {sys.executable} cannot import its PPOTrainer ({err}); "
+                             f"install benchmarks/requirements.txt first (see this script's docstring)")
         raise SystemExit(f"TRL's PPOTrainer needs trl==1.12.0 (removed in 1.13), {sys.executable} has {found}; "
                          f"pass --trl-python (see this script's docstring)")
     return PPOConfig, PPOTrainer
