@@ -48,7 +48,7 @@ def throwaway_models(args: rlhf.Args, tmp: Path) -> tuple[Path, Path]:
     base, _ = rlhf.load_base("")
     sft = rlhf.add_lora(base, args)
     sft.save_pretrained(tmp / "sft")
-    rlhf.RewardModel(args.rm_dim, args.rm_layers, local_layers=args.rm_layers - args.rm_global_layers).save(tmp / "reward")
+    rlhf.RewardModel(args.rm_dim, args.rm_layers).save(tmp / "reward")
     return tmp / "sft", tmp / "reward"
 
 

@@ -141,19 +141,6 @@ def test_reward_model_reads_the_last_real_token():
     assert torch.isfinite(loss) and loss.item() > 0
 
 
-def test_local_layers_keep_the_question_out_of_the_answer():
-    torch.manual_seed(0)
-    rm = train.RewardModel(dim=16, layers=2, local_layers=2).eval()
-    answer, question = "2 + 3 = 5\n#### 5", "What is 2 + 3?"
-    ids, segments, positions, places, lengths = train.encode_for_reward([None, question], [answer, answer])
-    hidden, start = rm.hidden(ids, segments, positions, places), len(question)
-    # every layer local: the answer reads the same with or without its question, as in the bare warm-up
-    torch.testing.assert_close(hidden[1, start:start + lengths[0]], hidden[0, :lengths[0]])
-    rm.local_layers = 1  # the top layer sees the question, so the answer's last state depends on it
-    hidden = rm.hidden(ids, segments, positions, places)
-    assert not torch.allclose(hidden[1, start + lengths[0] - 1], hidden[0, lengths[0] - 1])
-
-
 def test_prefix_targets_mark_the_first_wrong_digit():
     question, chosen, rejected = "What is 47 + 38?", "47 + 38 = 85\n#### 85", "47 + 38 = 75\n#### 75"
     _, segments, _, _, _ = train.encode_for_reward([question, question], [chosen, rejected])
