@@ -60,7 +60,8 @@ def run_ours(steps: int, seed: int, threads: int) -> dict:
                                 "--rollout-size", str(ROLLOUT), "--minibatch-size", str(MINIBATCH), "--ppo-epochs", str(EPOCHS),
                                 "--max-new-tokens", str(NEW_TOKENS), "--temperature", "1.0", "--lora-r", str(LORA_R),
                                 "--lora-alpha", str(LORA_ALPHA), "--ppo-lr", str(LR), "--kl-coef", str(KL_COEF),
-                                "--w-no-eos", str(NO_EOS_PENALTY), "--eval-size", str(EVAL_SIZE), "--eval-every", str(10 ** 6)])
+                                "--w-no-eos", str(NO_EOS_PENALTY), "--eval-size", str(EVAL_SIZE), "--eval-every", str(10 ** 6),
+                                "--ppo-lora-layers", "0"])  # every block adapted, as on TRL's side
         sft_adapter, reward_dir = throwaway_models(args, Path(tmp))
         rlhf.train_ppo(args, Path(tmp) / "run", sft_adapter, reward_dir, log=lambda *a: print(*a, file=sys.stderr))
         rows = (Path(tmp) / "run" / "ppo" / "metrics.csv").read_text().splitlines()

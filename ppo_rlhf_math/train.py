@@ -24,6 +24,7 @@ Papers: Ziegler et al., "Fine-Tuning Language Models from Human Preferences" (20
 Implementation Details of RLHF with PPO" (2024), arXiv:2403.17031. Notebook: notebooks/05_rlhf_rewards.ipynb.
 """
 import argparse
+import contextlib
 import csv
 import dataclasses
 import importlib.metadata
@@ -87,11 +88,12 @@ class Args:
     rm_token_coef: float = field(default=1.0, metadata={"help": "weight of the per-character correctness loss (is the answer still right so far?) beside the Bradley-Terry loss"})
     rm_lr: float = field(default=2e-3, metadata={"help": "AdamW peak learning rate of the reward model"})
     # 3. PPO
-    ppo_steps: int = field(default=40, metadata={"help": "PPO steps (each: sample, score, several epochs of updates)"})
-    rollout_size: int = field(default=16, metadata={"help": "prompts per step and process, one completion each"})
-    minibatch_size: int = field(default=8, metadata={"help": "completions per gradient step"})
+    ppo_steps: int = field(default=20, metadata={"help": "PPO steps (each: sample, score, several epochs of updates)"})
+    rollout_size: int = field(default=32, metadata={"help": "prompts per step and process, one completion each"})
+    minibatch_size: int = field(default=16, metadata={"help": "completions per gradient step"})
     ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout"})
-    ppo_lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate of the PPO adapter and value head"})
+    ppo_lora_layers: int = field(default=10, metadata={"help": "the PPO adapter covers the top N decoder blocks only (0: all), so the frozen blocks below run once per rollout instead of once per pass"})
+    ppo_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the PPO adapter and value head"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature; log-probs use logits / temperature too"})
     clip: float = field(default=0.2, metadata={"help": "policy ratio clip range epsilon"})
     value_clip: float = field(default=0.2, metadata={"help": "value clip range around the rollout's values"})
@@ -107,7 +109,7 @@ class Args:
     w_format: float = field(default=0.2, metadata={"help": "sequence reward weight: ends with '#### <number>'"})
     w_brevity: float = field(default=0.1, metadata={"help": "sequence reward weight: 1 - length / max, for correct answers only"})
     w_no_eos: float = field(default=1.0, metadata={"help": "penalty when the completion hits the length limit without EOS"})
-    eval_every: int = field(default=20, metadata={"help": "PPO steps between held-out evaluations"})
+    eval_every: int = field(default=10, metadata={"help": "PPO steps between held-out evaluations"})
 
 
 def str2bool(text: str) -> bool:
@@ -420,12 +422,37 @@ def load_base(name: str):
     return model.eval(), tokenizer
 
 
-def add_lora(model, args: Args):
+def add_lora(model, args: Args, first_layer: int = 0):
+    """A LoRA adapter on every linear layer of decoder blocks first_layer and up (0: all blocks)."""
     from peft import LoraConfig, get_peft_model
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     if not any(name.endswith(t) for name, _ in model.named_modules() for t in targets):
         targets = "all-linear"  # e.g. GPT-2's Conv1D layers
-    return get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets))
+    layers = list(range(first_layer, model.config.num_hidden_layers)) if first_layer else None
+    return get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets,
+                                            layers_to_transform=layers))
+
+
+def first_adapted_layer(model, args: Args) -> int:
+    """The lowest decoder block the PPO adapter covers; the blocks below stay frozen (0 when --ppo-lora-layers is 0,
+    or the model does not keep its blocks in model.model.layers as Llama-style models do)."""
+    n = model.config.num_hidden_layers
+    if not args.ppo_lora_layers or args.ppo_lora_layers >= n or not hasattr(getattr(model, "model", None), "layers"):
+        return 0
+    return n - args.ppo_lora_layers
+
+
+@contextlib.contextmanager
+def upper_layers_only(model, first: int):
+    """Inside: the model runs decoder blocks first.. only, so inputs_embeds stands for the hidden state entering
+    block `first`, computed once per rollout (the frozen blocks below give the same output in every pass)."""
+    decoder = getattr(model, "module", model).get_base_model().model  # .module: under DistributedDataParallel
+    blocks = decoder.layers
+    decoder.layers = blocks[first:]
+    try:
+        yield
+    finally:
+        decoder.layers = blocks
 
 
 def merge_adapter(model, adapter_dir: str | Path):
@@ -586,21 +613,25 @@ def decode(tokenizer, completion_ids, mask) -> list[str]:
     return [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(completion_ids, mask)]
 
 
-def policy_forward(model, value_head, prompt_ids, prompt_mask, completion_ids, mask, temperature):
+def policy_forward(model, value_head, prompt_ids, prompt_mask, completion_ids, mask, temperature, first: int = 0, lower=None):
     """One pass of policy + value head over prompt + completion. Returns (B, T) each: the log-prob of every
-    completion token under softmax(logits / T), the value V_t of the state before it, and the entropy."""
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    completion token under softmax(logits / T), the value V_t of the state before it, and the entropy; and
+    (B, P + T, H) the hidden state entering decoder block `first`. Given that state from an earlier pass of the
+    same rollout (`lower`), only blocks first.. run: the adapter is there, the blocks below are frozen."""
     attention = torch.cat([prompt_mask, mask], dim=1)
     positions = (attention.cumsum(1) - 1).clamp(min=0)
     T = completion_ids.shape[1]
-    out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, output_hidden_states=True,
-                logits_to_keep=T + 1)  # only positions that predict completion tokens go through the 49k-wide head
+    upper_only = first > 0 and lower is not None
+    inputs = {"inputs_embeds": lower} if upper_only else {"input_ids": torch.cat([prompt_ids, completion_ids], dim=1)}
+    with upper_layers_only(model, first) if upper_only else contextlib.nullcontext():
+        out = model(**inputs, attention_mask=attention, position_ids=positions, output_hidden_states=True,
+                    logits_to_keep=T + 1)  # only positions that predict completion tokens go through the 49k-wide head
     logps = torch.log_softmax(out.logits[:, :-1].float() / temperature, dim=-1)  # (B, T, V)
     logp = logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     values = value_head(out.hidden_states[-1][:, -(T + 1):-1]).squeeze(-1) if value_head is not None else None
     with torch.no_grad():
         entropy = -(logps.exp() * logps).sum(-1)
-    return logp, values, entropy
+    return logp, values, entropy, lower if upper_only else out.hidden_states[first].detach()
 
 
 def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_size: int) -> tuple[dict, list[str]]:
@@ -799,7 +830,9 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(args.seed + accelerator.process_index)
     base, tokenizer = load_base(args.model)
-    policy = add_lora(merge_adapter(base, sft_adapter), args)  # the reference = this network, adapter disabled
+    sft_model = merge_adapter(base, sft_adapter)
+    first = first_adapted_layer(sft_model, args)
+    policy = add_lora(sft_model, args, first)  # the reference = this network, adapter disabled
     value_head = nn.Linear(base.config.hidden_size, 1)
     nn.init.zeros_(value_head.weight)  # V starts at 0: the first advantages are the rewards themselves
     nn.init.zeros_(value_head.bias)
@@ -855,9 +888,11 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
 
         # 2. Old log-probs and values, the reference's log-probs, KL-shaped rewards, GAE.
         with torch.no_grad():
-            old_logp, old_values, _ = policy_forward(policy, value_head, prompt_ids, prompt_mask, completion_ids, mask, args.temperature)
+            old_logp, old_values, _, lower = policy_forward(policy, value_head, prompt_ids, prompt_mask, completion_ids, mask,
+                                                            args.temperature, first)
             with model.disable_adapter():
-                ref_logp, _, _ = policy_forward(policy, None, prompt_ids, prompt_mask, completion_ids, mask, args.temperature)
+                ref_logp, _, _, _ = policy_forward(policy, None, prompt_ids, prompt_mask, completion_ids, mask, args.temperature,
+                                                   first, lower)
             kl = per_token_kl(old_logp, ref_logp, mask.float(), args.kl_estimator)
             rewards = shape_rewards(score, kl, mask.float(), kl_ctl.value)
             advantages, returns = compute_gae(rewards, old_values, mask.float(), args.gamma, args.lam)
@@ -868,8 +903,8 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
         for _ in range(args.ppo_epochs):
             for idx in torch.randperm(len(problems)).split(args.minibatch_size):
                 m = mask[idx].float()
-                logp, values, entropy = policy_forward(policy, value_head, prompt_ids[idx], prompt_mask[idx],
-                                                       completion_ids[idx], mask[idx], args.temperature)
+                logp, values, entropy, _ = policy_forward(policy, value_head, prompt_ids[idx], prompt_mask[idx], completion_ids[idx],
+                                                          mask[idx], args.temperature, first, lower[idx])
                 pg_loss, clipfrac, approx_kl = ppo_policy_loss(logp, old_logp[idx], advantages[idx], m, args.clip)
                 vf_loss, vf_clipfrac = ppo_value_loss(values, old_values[idx], returns[idx], m, args.value_clip)
                 accelerator.backward(pg_loss + args.vf_coef * vf_loss)

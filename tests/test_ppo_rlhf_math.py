@@ -35,7 +35,8 @@ def tiny_pipeline(tiny_lm):
                              "--batch-size", "4", "--eval-size", "4", "--sft-examples", "8", "--rm-problems", "4",
                              "--rm-samples", "2", "--rm-eval-problems", "2", "--rm-dim", "16", "--rm-layers", "1", "--rm-warmup-steps", "2",
                              "--rm-warmup-batch", "4", "--rm-steps", "2", "--rm-batch", "4", "--ppo-steps", "2",
-                             "--rollout-size", "4", "--minibatch-size", "2", "--eval-every", "1", "--target-kl", "1.0"])
+                             "--rollout-size", "4", "--minibatch-size", "2", "--eval-every", "1", "--target-kl", "1.0",
+                             "--ppo-lora-layers", "1"])
     return out, train.train(args)
 
 
@@ -106,6 +107,32 @@ def test_policy_loss_clips_and_is_zero_for_zero_advantage():
     assert abs(loss.item() + (1.2 + 1.0) / 2) < 1e-6 and clipfrac.item() == 0.5 and approx_kl.item() > 0
     loss0, _, _ = train.ppo_policy_loss(logp, old, torch.zeros(1, 2), torch.ones(1, 2), 0.2)
     assert loss0.item() == 0
+
+
+def test_upper_blocks_pass_equals_the_full_pass(tiny_lm):
+    """With the adapter on the top block only, re-running just that block from the cached hidden state gives the
+    full pass's log-probs, values and gradients."""
+    torch.manual_seed(0)
+    base, tokenizer = train.load_base(str(tiny_lm))
+    args = train.parse_args(["--ppo-lora-layers", "1"])
+    first = train.first_adapted_layer(base, args)
+    policy = train.add_lora(base, args, first)
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # a non-trivial adapter
+    value_head = torch.nn.Linear(base.config.hidden_size, 1)
+    prompt_ids, prompt_mask, completion_ids, mask = train.generate(policy, tokenizer, ["1 + 2 =", "10 + 20 + 3 ="], 5, temperature=1.0)
+    full = train.policy_forward(policy, value_head, prompt_ids, prompt_mask, completion_ids, mask, 1.0, first)
+    upper = train.policy_forward(policy, value_head, prompt_ids, prompt_mask, completion_ids, mask, 1.0, first, full[3])
+    assert first == 1 and not any(p.requires_grad for n, p in policy.named_parameters() if ".layers.0." in n)
+    for a, b in zip(full[:3], upper[:3]):
+        assert torch.allclose(a * mask, b * mask, atol=1e-5)
+    grads = []
+    for out in (full, upper):
+        policy.zero_grad()
+        (out[0] * mask).sum().backward(retain_graph=True)
+        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters() if p.requires_grad]))
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-5)
 
 
 def test_reward_components_on_hand_written_completions():
