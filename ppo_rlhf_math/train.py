@@ -728,6 +728,15 @@ def sample_pairs(sft_model, tokenizer, problems: list[dict], args: Args, rng: ra
     return preference_pairs(problems, sampled, rng)
 
 
+def heldout_pairs(sft_model, tokenizer, args: Args) -> tuple[list[dict], list[tuple[str, str, str, str]]]:
+    """The reward model's held-out problems (none in PPO's held-out set) and their pairs, drawn with seeds of their own
+    (problems, SFT samples, perturbations) before anything else, so every run of the reward stage, whatever its
+    flags, and `eval.py --stage reward` measure on the same pairs."""
+    problems = distinct_problems(RM_HELDOUT_SEED, args.rm_eval_problems, {p["question"] for p in heldout_problems(args.eval_size)})
+    torch.manual_seed(RM_HELDOUT_SEED)
+    return problems, sample_pairs(sft_model, tokenizer, problems, args, random.Random(RM_HELDOUT_SEED))
+
+
 @torch.no_grad()
 def pairwise_accuracy(rm: RewardModel, pairs) -> dict[str, float]:
     """Share of pairs whose chosen answer scores higher: over all pairs and per kind of rejected answer."""
@@ -750,14 +759,13 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
     labelled by the checker), the rest perturbed solutions to fresh problems, never repeated."""
     base, tokenizer = load_base(args.model)
     sft_model = merge_adapter(base, sft_adapter)
-    rng = random.Random(args.seed)
-    heldout = {p["question"] for p in heldout_problems(args.eval_size)}
-    eval_problems = distinct_problems(RM_HELDOUT_SEED, args.rm_eval_problems, heldout)
-    unseen = heldout | {p["question"] for p in eval_problems}  # the reward model trains on none of these
-    sampled_problems = distinct_problems(args.seed + 1, args.rm_problems, unseen)
     t0 = time.time()
+    eval_problems, eval_pairs = heldout_pairs(sft_model, tokenizer, args)
+    unseen = {p["question"] for p in heldout_problems(args.eval_size) + eval_problems}  # the reward model trains on none of these
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    sampled_problems = distinct_problems(args.seed + 1, args.rm_problems, unseen)
     sampled_pairs = [pair for pair in sample_pairs(sft_model, tokenizer, sampled_problems, args, rng) if pair[3] == "sampled"]
-    eval_pairs = sample_pairs(sft_model, tokenizer, eval_problems, args, rng)
     del sft_model, base
     log(f"reward model: {len(sampled_pairs)} training pairs with the SFT model's wrong answers, {len(eval_pairs)} held-out "
         f"pairs (SFT samples drawn in {time.time() - t0:.0f} s)")
