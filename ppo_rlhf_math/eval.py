@@ -48,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--problems {args.problems!r} is not a file")
     if args.stage == "reward" and (args.prompt or args.problems):
         parser.error("--stage reward measures the reward model on its own held-out pairs; --prompt and --problems are for the other stages")
+    if args.stage == "reward" and not (Path(args.reward_dir) / "reward_model.pt").is_file():
+        parser.error(f"no reward model at {args.reward_dir!r} (reward_model.pt missing); pass --reward-dir DIR")
     needed = {"base": [], "sft": ["sft_adapter"], "ppo": ["sft_adapter", "ppo_adapter"], "reward": ["sft_adapter"]}[args.stage]
     for name in needed:
         if not (Path(getattr(args, name)) / "adapter_config.json").is_file():

@@ -138,8 +138,8 @@ def parse_args(argv=None) -> Args:
                  "ppo_epochs", "ppo_lr", "temperature", "clip", "eval_every"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if min(args.rm_warmup_steps, args.rm_lm_coef, args.rm_token_coef) < 0 or not 0 <= args.rm_sampled_share <= 1:
-        parser.error("--rm-warmup-steps, --rm-lm-coef and --rm-token-coef must be 0 or more, --rm-sampled-share in [0, 1]")
+    if min(args.rm_warmup_steps, args.rm_lm_coef, args.rm_token_coef, args.ppo_lora_layers) < 0 or not 0 <= args.rm_sampled_share <= 1:
+        parser.error("--rm-warmup-steps, --rm-lm-coef, --rm-token-coef and --ppo-lora-layers must be 0 or more, --rm-sampled-share in [0, 1]")
     if args.rm_dim % 4:
         parser.error("--rm-dim must be a multiple of 4 (the reward model's attention heads)")
     if args.stage not in ("sft", "reward", "ppo", "all"):

@@ -232,3 +232,7 @@ def test_bad_inputs_give_one_clear_error(tmp_path):
     assert result.returncode == 2 and "--stage must be" in result.stderr
     result = run("eval.py", "--stage", "sft", "--sft-adapter", str(tmp_path / "missing"))
     assert result.returncode != 0 and "no adapter" in result.stderr and "Traceback" not in result.stderr
+    result = run("eval.py", "--stage", "reward", "--reward-dir", str(tmp_path / "missing"))
+    assert result.returncode == 2 and "no reward model" in result.stderr
+    result = run("train.py", "--ppo-lora-layers", "-1")
+    assert result.returncode == 2 and "--ppo-lora-layers" in result.stderr and "must be 0 or more" in result.stderr
