@@ -12,8 +12,9 @@ and held-out set as grpo_lm/, so the two algorithms can be compared directly.
    last real token: a warm-up on worked solutions (next-character loss), then the Bradley-Terry loss on pairs
    (chosen: a correct solution; rejected: a wrong one, sampled from the SFT model and labelled by the
    checker, or a perturbed correct one) beside the next-character loss on the chosen answers.
-3. PPO: the SFT model (adapter merged) gets a new LoRA adapter and a value head; the reference is the same
-   network with that adapter disabled (no second copy). Sequence reward at the last real token: weighted
+3. PPO: the SFT model (adapter merged) gets a new LoRA adapter on its top blocks and a value head; the
+   reference is the same network with that adapter disabled (no second copy), and the frozen blocks below
+   the adapter run once per rollout. Sequence reward at the last real token: weighted
    reward-model score, correctness, format, brevity (correct answers only) and a penalty when no EOS is
    produced; every token pays the KL penalty; per-token GAE; whitened advantages; clipped policy and value
    losses; several epochs of minibatches.
