@@ -11,7 +11,7 @@ reward model's pairwise accuracy on its held-out pairs.
 Accuracy counts an answer as right only if the completion ends with '#### <number>' and the number is the
 answer; format_rate is the share that ends that way; mean_length is in tokens (EOS included). The reward model's
 pairs are the ones its training stage reports (train.heldout_pairs: the SFT model's answers, drawn with their own
-seeds, about 3 minutes); pairwise accuracy is the share whose chosen (correct) answer scores higher.
+seeds, about 5 minutes on one core); pairwise accuracy is the share whose chosen (correct) answer scores higher.
 """
 import argparse
 import json
