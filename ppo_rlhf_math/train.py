@@ -94,7 +94,8 @@ class Args:
     minibatch_size: int = field(default=16, metadata={"help": "completions per gradient step"})
     ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout"})
     ppo_lora_layers: int = field(default=10, metadata={"help": "the PPO adapter covers the top N decoder blocks only (0: all), so the frozen blocks below run once per rollout instead of once per pass"})
-    ppo_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the PPO adapter and value head"})
+    ppo_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the PPO adapter"})
+    vf_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the value head (a fresh linear layer: at the adapter's rate it barely leaves 0 in a run)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature; log-probs use logits / temperature too"})
     clip: float = field(default=0.2, metadata={"help": "policy ratio clip range epsilon"})
     value_clip: float = field(default=0.2, metadata={"help": "value clip range around the rollout's values"})
@@ -110,6 +111,7 @@ class Args:
     w_format: float = field(default=0.2, metadata={"help": "sequence reward weight: ends with '#### <number>'"})
     w_brevity: float = field(default=0.1, metadata={"help": "sequence reward weight: 1 - length / max, for correct answers only"})
     w_no_eos: float = field(default=1.0, metadata={"help": "penalty when the completion hits the length limit without EOS"})
+    w_slip: float = field(default=0.0, metadata={"help": "penalty on the token that writes the first arithmetic slip (process reward; 0: off)"})
     eval_every: int = field(default=10, metadata={"help": "PPO steps between held-out evaluations"})
 
 
@@ -136,7 +138,7 @@ def parse_args(argv=None) -> Args:
     for name in ("threads", "max_new_tokens", "batch_size", "eval_size", "lora_r", "sft_examples", "sft_epochs", "sft_lr",
                  "rm_problems", "rm_samples", "rm_eval_problems", "rm_dim", "rm_layers", "rm_warmup_batch", "rm_steps",
                  "rm_batch", "rm_lr", "ppo_steps", "rollout_size", "minibatch_size",
-                 "ppo_epochs", "ppo_lr", "temperature", "clip", "eval_every"):
+                 "ppo_epochs", "ppo_lr", "vf_lr", "temperature", "clip", "eval_every"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if min(args.rm_warmup_steps, args.rm_lm_coef, args.rm_token_coef, args.ppo_lora_layers) < 0 or not 0 <= args.rm_sampled_share <= 1:
@@ -275,6 +277,47 @@ def perturb_solution(problem: dict, rng: random.Random) -> str:
     return "\n".join(work + [f"#### {value}"])
 
 
+WORK_LINE = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = |#### ")  # a line of work up to its result, or the final line
+WRITTEN_NUMBER = re.compile(r"-?\d*")
+
+
+def first_slip(text: str) -> int | None:
+    """The index of the first character where the worked answer goes wrong, or None: a result digit the line's own
+    arithmetic does not give (`47 + 38 = 75`: the 7), a result that stops short (`47 + 38 = 8 `: the space), or a
+    final `#### N` that is not the last line's result. Each line is checked on the numbers it writes, so only the
+    first slip counts (the lines after it carry the wrong value on consistently). This is the step-level label a
+    human grader gives in process supervision (Uesato et al. 2022; Lightman et al. 2023), here from a rule."""
+    start, last = 0, None
+    for line in text.split("\n"):
+        match = WORK_LINE.match(line)
+        if match and (match.group(1) or last is not None):
+            if match.group(1):
+                a, op, b = int(match.group(1)), match.group(2), int(match.group(3))
+                right = str({"+": a + b, "-": a - b, "*": a * b}[op])
+            else:
+                right = last
+            written = WRITTEN_NUMBER.match(line, match.end()).group()
+            closed = match.end() + len(written) < len(line) or start + len(line) < len(text)  # something follows it
+            common = len(os.path.commonprefix([written, right]))
+            if common < len(written) or (closed and written != right):
+                return start + match.end() + common
+            last = written
+        start += len(line) + 1
+    return None
+
+
+def slip_tokens(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor, texts: list[str]) -> list[int | None]:
+    """For each completion, the index of the token that writes its first slip (the first token whose decoded prefix
+    reaches past `first_slip`), or None when its work has no slip."""
+    tokens = []
+    for ids, m, text in zip(completion_ids, mask, texts):
+        slip = first_slip(text)
+        ids = ids[m.bool()].tolist()
+        tokens.append(None if slip is None else next(
+            t for t in range(len(ids)) if len(tokenizer.decode(ids[:t + 1], skip_special_tokens=True)) > slip))
+    return tokens
+
+
 def reward_components(texts: list[str], answers: list[str], lengths: torch.Tensor, ended: torch.Tensor,
                       max_new_tokens: int) -> dict[str, torch.Tensor]:
     """Rule-based parts of the sequence reward, each (B,): correct, format, brevity, no_eos.
@@ -319,6 +362,16 @@ def shape_rewards(score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_
     last = mask.sum(1).long() - 1
     rewards[torch.arange(len(score)), last] += score
     return rewards
+
+
+def slip_penalties(slips: list[int | None], mask: torch.Tensor, weight: float) -> torch.Tensor:
+    """(B, T) rewards: -weight on the token that wrote each completion's first slip (`slip_tokens`), 0 elsewhere. The
+    outcome reward reaches that token only through GAE, shared with every token before it; this one names it."""
+    penalties = torch.zeros(mask.shape)
+    for row, token in enumerate(slips):
+        if token is not None:
+            penalties[row, token] = -weight
+    return penalties
 
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
@@ -454,6 +507,33 @@ def upper_layers_only(model, first: int):
         yield
     finally:
         decoder.layers = blocks
+
+
+@contextlib.contextmanager
+def recording_block_input(model, first: int):
+    """Inside: every forward pass appends the hidden state entering decoder block `first` to the yielded list
+    (nothing when first is 0). Sampling with a KV cache runs the prompt once, then one token at a time, so the pieces
+    joined along time (`join_block_input`) are the frozen lower blocks' output for the whole rollout: the first
+    scoring pass can then start at block `first` too."""
+    pieces = []
+    if not first:
+        yield pieces
+        return
+    block = getattr(model, "module", model).get_base_model().model.layers[first]
+    handle = block.register_forward_pre_hook(
+        lambda module, args, kwargs: pieces.append((args[0] if args else kwargs["hidden_states"]).detach()), with_kwargs=True)
+    try:
+        yield pieces
+    finally:
+        handle.remove()
+
+
+def join_block_input(pieces: list[torch.Tensor], length: int) -> torch.Tensor:
+    """The recorded pieces as one (B, length, H) tensor for prompt + completion. The last sampled token was never fed
+    back, so its state is missing: zeros stand in. It predicts nothing that is scored, and causal attention keeps
+    it from every earlier position."""
+    lower = torch.cat(pieces, dim=1)[:, :length]
+    return F.pad(lower, (0, 0, 0, length - lower.shape[1]))
 
 
 def merge_adapter(model, adapter_dir: str | Path):
@@ -857,7 +937,8 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
             if pool or p["question"] not in held_questions:
                 return p
 
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters()), lr=args.ppo_lr)
+    optimizer = torch.optim.AdamW([{"params": [p for p in policy.parameters() if p.requires_grad], "lr": args.ppo_lr},
+                                   {"params": list(value_head.parameters()), "lr": args.vf_lr}])
     policy, value_head, optimizer = accelerator.prepare(policy, value_head, optimizer)
     model = accelerator.unwrap_model(policy)
     kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl)
@@ -887,28 +968,32 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
         # 1. Rollout: one completion per prompt, scored once it is finished.
         problems = [sample_problem() for _ in range(args.rollout_size)]
         prompts = [build_prompt(tokenizer, p["question"]) for p in problems]
-        prompt_ids, prompt_mask, completion_ids, mask = generate(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
+        with recording_block_input(model, first) as pieces:
+            prompt_ids, prompt_mask, completion_ids, mask = generate(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
+        lower = join_block_input(pieces, prompt_ids.shape[1] + mask.shape[1]) if first else None
         texts = decode(tokenizer, completion_ids, mask)
         lengths, ended = mask.sum(1), (completion_ids == tokenizer.eos_token_id).any(1)
         components = reward_components(texts, [p["answer"] for p in problems], lengths, ended, args.max_new_tokens)
         if reward_model is not None:
             components["reward_model"] = reward_model.score([p["question"] for p in problems], texts)
         score = sequence_reward(components, args)
+        slips = slip_tokens(tokenizer, completion_ids, mask, texts)
+        components["no_slip"] = torch.tensor([float(token is None) for token in slips])  # logged; placed at the slip
 
         # 2. Old log-probs and values, the reference's log-probs, KL-shaped rewards, GAE.
         with torch.no_grad():
             old_logp, old_values, _, lower = policy_forward(policy, value_head, prompt_ids, prompt_mask, completion_ids, mask,
-                                                            args.temperature, first)
+                                                            args.temperature, first, lower)
             with model.disable_adapter():
                 ref_logp, _, _, _ = policy_forward(policy, None, prompt_ids, prompt_mask, completion_ids, mask, args.temperature,
                                                    first, lower)
             kl = per_token_kl(old_logp, ref_logp, mask.float(), args.kl_estimator)
-            rewards = shape_rewards(score, kl, mask.float(), kl_ctl.value)
+            rewards = shape_rewards(score, kl, mask.float(), kl_ctl.value) + slip_penalties(slips, mask, args.w_slip)
             advantages, returns = compute_gae(rewards, old_values, mask.float(), args.gamma, args.lam)
             advantages = whiten(advantages, mask.float())
 
         # 3. Several epochs of clipped updates over shuffled minibatches.
-        stats = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "entropy")}
+        stats = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl", "entropy", "grad_norm")}
         for _ in range(args.ppo_epochs):
             for idx in torch.randperm(len(problems)).split(args.minibatch_size):
                 m = mask[idx].float()
@@ -917,10 +1002,10 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
                 pg_loss, clipfrac, approx_kl = ppo_policy_loss(logp, old_logp[idx], advantages[idx], m, args.clip)
                 vf_loss, vf_clipfrac = ppo_value_loss(values, old_values[idx], returns[idx], m, args.value_clip)
                 accelerator.backward(pg_loss + args.vf_coef * vf_loss)
-                accelerator.clip_grad_norm_(list(policy.parameters()) + list(value_head.parameters()), args.max_grad_norm)
+                grad_norm = accelerator.clip_grad_norm_(list(policy.parameters()) + list(value_head.parameters()), args.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
-                for k, v in zip(stats, (pg_loss, vf_loss, clipfrac, vf_clipfrac, approx_kl, (entropy * m).sum() / m.sum())):
+                for k, v in zip(stats, (pg_loss, vf_loss, clipfrac, vf_clipfrac, approx_kl, (entropy * m).sum() / m.sum(), grad_norm)):
                     stats[k].append(v.item())
         sequence_kl = kl.sum(1).mean().item()
         kl_ctl.update(sequence_kl, len(problems))

@@ -110,8 +110,8 @@ def test_policy_loss_clips_and_is_zero_for_zero_advantage():
 
 
 def test_upper_blocks_pass_equals_the_full_pass(tiny_lm):
-    """With the adapter on the top block only, re-running just that block from the cached hidden state gives the
-    full pass's log-probs, values and gradients."""
+    """With the adapter on the top block only, re-running just that block from the cached hidden state (kept by the
+    full pass, or recorded while sampling) gives the full pass's log-probs, values and gradients."""
     torch.manual_seed(0)
     base, tokenizer = train.load_base(str(tiny_lm))
     args = train.parse_args(["--ppo-lora-layers", "1"])
@@ -121,12 +121,18 @@ def test_upper_blocks_pass_equals_the_full_pass(tiny_lm):
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.5)  # a non-trivial adapter
     value_head = torch.nn.Linear(base.config.hidden_size, 1)
-    prompt_ids, prompt_mask, completion_ids, mask = train.generate(policy, tokenizer, ["1 + 2 =", "10 + 20 + 3 ="], 5, temperature=1.0)
+    with train.recording_block_input(policy, first) as pieces:
+        prompt_ids, prompt_mask, completion_ids, mask = train.generate(policy, tokenizer, ["1 + 2 =", "10 + 20 + 3 ="], 5, temperature=1.0)
+    recorded = train.join_block_input(pieces, prompt_ids.shape[1] + mask.shape[1])
     full = train.policy_forward(policy, value_head, prompt_ids, prompt_mask, completion_ids, mask, 1.0, first)
     upper = train.policy_forward(policy, value_head, prompt_ids, prompt_mask, completion_ids, mask, 1.0, first, full[3])
+    from_sampling = train.policy_forward(policy, value_head, prompt_ids, prompt_mask, completion_ids, mask, 1.0, first, recorded)
     assert first == 1 and not any(p.requires_grad for n, p in policy.named_parameters() if ".layers.0." in n)
-    for a, b in zip(full[:3], upper[:3]):
-        assert torch.allclose(a * mask, b * mask, atol=1e-5)
+    real = torch.cat([prompt_mask, mask], dim=1).bool()
+    real[:, -1] = False  # the last sampled token was never fed back while sampling
+    assert recorded.shape == full[3].shape and torch.allclose(recorded[real], full[3][real], atol=1e-5)
+    for a, b, c in zip(full[:3], upper[:3], from_sampling[:3]):
+        assert torch.allclose(a * mask, b * mask, atol=1e-5) and torch.allclose(a * mask, c * mask, atol=1e-5)
     grads = []
     for out in (full, upper):
         policy.zero_grad()
@@ -149,6 +155,30 @@ def test_reward_components_on_hand_written_completions():
     args = train.Args(w_correct=1.0, w_format=0.2, w_brevity=0.1, w_no_eos=1.0)
     reward = train.sequence_reward(c, args)
     assert reward[0] > reward[3] > reward[1] > reward[2] > reward[4]
+
+
+def test_first_slip_marks_where_the_work_goes_wrong():
+    assert train.first_slip("82 + 17 = 99\n#### 99") is None and train.first_slip("#### 17") is None
+    assert train.first_slip("82 + 17 = 101\n#### 101") == len("82 + 17 = ")  # the first wrong digit
+    assert train.first_slip("82 + 17 = 9\n#### 9") == len("82 + 17 = 9")  # the result stops short
+    assert train.first_slip("82 + 17 = 9") is None  # could still become 99
+    assert train.first_slip("5 * 8 = 40\n40 - 17 = 33\n33 + 1 = 34\n#### 34") == len("5 * 8 = 40\n40 - 17 = ")  # only the first slip
+    assert train.first_slip("82 + 17 = 99\n#### 98") == len("82 + 17 = 99\n#### 9")  # the final line contradicts the work
+    assert train.first_slip("30 - 41 = -11\n#### -11") is None
+
+
+def test_slip_penalty_lands_on_the_token_that_writes_it():
+    class DigitTokenizer:  # one token per character, as SmolLM2 splits digits
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(chr(i) for i in ids)
+    texts = ["8 + 1 = 10\n#### 10", "8 + 1 = 9\n#### 9"]
+    width = max(map(len, texts))
+    ids = torch.tensor([[ord(c) for c in t] + [0] * (width - len(t)) for t in texts])
+    mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in texts])
+    slips = train.slip_tokens(DigitTokenizer(), ids, mask, texts)
+    assert slips == [len("8 + 1 = "), None]
+    penalties = train.slip_penalties(slips, mask, 0.5)
+    assert penalties[0, len("8 + 1 = ")] == -0.5 and penalties.sum() == -0.5
 
 
 def test_reward_model_reads_the_last_real_token():
