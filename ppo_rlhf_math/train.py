@@ -14,9 +14,10 @@ and held-out set as grpo_lm/, so the two algorithms can be compared directly.
    checker, or a perturbed correct one) beside the next-character loss on the chosen answers.
 3. PPO: the SFT model (adapter merged) gets a new LoRA adapter on its top blocks and a value head; the
    reference is the same network with that adapter disabled (no second copy), and the frozen blocks below
-   the adapter run once per rollout. Sequence reward at the last real token: weighted
+   the adapter run once per rollout, while sampling. Sequence reward at the last real token: weighted
    reward-model score, correctness, format, brevity (correct answers only) and a penalty when no EOS is
-   produced; every token pays the KL penalty; per-token GAE; whitened advantages; clipped policy and value
+   produced; optionally a penalty on the token that wrote the first arithmetic slip (--w-slip); every token
+   pays the KL penalty; per-token GAE; whitened advantages; clipped policy and value
    losses; several epochs of minibatches.
 
 Papers: Ziegler et al., "Fine-Tuning Language Models from Human Preferences" (2019), arXiv:1909.08593
@@ -90,7 +91,8 @@ class Args:
     rm_lr: float = field(default=2e-3, metadata={"help": "AdamW peak learning rate of the reward model"})
     # 3. PPO
     ppo_steps: int = field(default=20, metadata={"help": "PPO steps (each: sample, score, several epochs of updates)"})
-    rollout_size: int = field(default=32, metadata={"help": "prompts per step and process, one completion each"})
+    rollout_size: int = field(default=32, metadata={"help": "completions per step and process"})
+    samples_per_prompt: int = field(default=1, metadata={"help": "completions of each prompt in a rollout (rollout-size / this many prompts)"})
     minibatch_size: int = field(default=16, metadata={"help": "completions per gradient step"})
     ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout"})
     ppo_lora_layers: int = field(default=10, metadata={"help": "the PPO adapter covers the top N decoder blocks only (0: all), so the frozen blocks below run once per rollout instead of once per pass"})
@@ -137,12 +139,14 @@ def parse_args(argv=None) -> Args:
     args = Args(**vars(parser.parse_args(argv)))
     for name in ("threads", "max_new_tokens", "batch_size", "eval_size", "lora_r", "sft_examples", "sft_epochs", "sft_lr",
                  "rm_problems", "rm_samples", "rm_eval_problems", "rm_dim", "rm_layers", "rm_warmup_batch", "rm_steps",
-                 "rm_batch", "rm_lr", "ppo_steps", "rollout_size", "minibatch_size",
+                 "rm_batch", "rm_lr", "ppo_steps", "rollout_size", "samples_per_prompt", "minibatch_size",
                  "ppo_epochs", "ppo_lr", "vf_lr", "temperature", "clip", "eval_every"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if min(args.rm_warmup_steps, args.rm_lm_coef, args.rm_token_coef, args.ppo_lora_layers) < 0 or not 0 <= args.rm_sampled_share <= 1:
         parser.error("--rm-warmup-steps, --rm-lm-coef, --rm-token-coef and --ppo-lora-layers must be 0 or more, --rm-sampled-share in [0, 1]")
+    if args.rollout_size % args.samples_per_prompt:
+        parser.error("--rollout-size must be a multiple of --samples-per-prompt")
     if args.rm_dim % 4:
         parser.error("--rm-dim must be a multiple of 4 (the reward model's attention heads)")
     if args.stage not in ("sft", "reward", "ppo", "all"):
@@ -966,7 +970,8 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
     for step in tqdm(range(1, args.ppo_steps + 1), desc="ppo", disable=None):
         t0 = time.time()
         # 1. Rollout: one completion per prompt, scored once it is finished.
-        problems = [sample_problem() for _ in range(args.rollout_size)]
+        problems = [p for p in (sample_problem() for _ in range(args.rollout_size // args.samples_per_prompt))
+                    for _ in range(args.samples_per_prompt)]
         prompts = [build_prompt(tokenizer, p["question"]) for p in problems]
         with recording_block_input(model, first) as pieces:
             prompt_ids, prompt_mask, completion_ids, mask = generate(model, tokenizer, prompts, args.max_new_tokens, args.temperature)

@@ -36,7 +36,7 @@ def tiny_pipeline(tiny_lm):
                              "--rm-samples", "2", "--rm-eval-problems", "2", "--rm-dim", "16", "--rm-layers", "1", "--rm-warmup-steps", "2",
                              "--rm-warmup-batch", "4", "--rm-steps", "2", "--rm-batch", "4", "--ppo-steps", "2",
                              "--rollout-size", "4", "--minibatch-size", "2", "--eval-every", "1", "--target-kl", "1.0",
-                             "--ppo-lora-layers", "1"])
+                             "--ppo-lora-layers", "1", "--samples-per-prompt", "2", "--w-slip", "0.5"])
     return out, train.train(args)
 
 
@@ -227,7 +227,7 @@ def test_each_stage_runs_and_writes_outputs(tiny_pipeline):
     assert len(evals) == 3 and {"accuracy", "format_rate", "mean_length", "n"} <= set(json.loads(evals[-1].read_text()))
     rows = (out / "ppo" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    for name in ("policy_loss", "value_loss", "kl", "reward_reward_model"):
+    for name in ("policy_loss", "value_loss", "kl", "reward_reward_model", "reward_no_slip", "grad_norm"):
         assert all(float(r.split(",")[header.index(name)]) == float(r.split(",")[header.index(name)]) for r in rows[1:]), name
     assert json.loads((out / "summary.json").read_text())["ppo"]["final"]["n"] == 4
 
@@ -266,3 +266,5 @@ def test_bad_inputs_give_one_clear_error(tmp_path):
     assert result.returncode == 2 and "no reward model" in result.stderr
     result = run("train.py", "--ppo-lora-layers", "-1")
     assert result.returncode == 2 and "--ppo-lora-layers" in result.stderr and "must be 0 or more" in result.stderr
+    result = run("train.py", "--rollout-size", "30", "--samples-per-prompt", "4")
+    assert result.returncode == 2 and "multiple of --samples-per-prompt" in result.stderr
