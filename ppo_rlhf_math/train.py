@@ -93,6 +93,7 @@ class Args:
     ppo_steps: int = field(default=20, metadata={"help": "PPO steps (each: sample, score, several epochs of updates)"})
     rollout_size: int = field(default=32, metadata={"help": "completions per step and process"})
     samples_per_prompt: int = field(default=1, metadata={"help": "completions of each prompt in a rollout (rollout-size / this many prompts)"})
+    oversample: int = field(default=1, metadata={"help": "sample this many times the prompts a step uses and keep those with both right and wrong completions first (with --samples-per-prompt > 1)"})
     minibatch_size: int = field(default=16, metadata={"help": "completions per gradient step"})
     ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout"})
     ppo_lora_layers: int = field(default=10, metadata={"help": "the PPO adapter covers the top N decoder blocks only (0: all), so the frozen blocks below run once per rollout instead of once per pass"})
@@ -139,7 +140,7 @@ def parse_args(argv=None) -> Args:
     args = Args(**vars(parser.parse_args(argv)))
     for name in ("threads", "max_new_tokens", "batch_size", "eval_size", "lora_r", "sft_examples", "sft_epochs", "sft_lr",
                  "rm_problems", "rm_samples", "rm_eval_problems", "rm_dim", "rm_layers", "rm_warmup_batch", "rm_steps",
-                 "rm_batch", "rm_lr", "ppo_steps", "rollout_size", "samples_per_prompt", "minibatch_size",
+                 "rm_batch", "rm_lr", "ppo_steps", "rollout_size", "samples_per_prompt", "oversample", "minibatch_size",
                  "ppo_epochs", "ppo_lr", "vf_lr", "temperature", "clip", "eval_every"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
@@ -147,6 +148,8 @@ def parse_args(argv=None) -> Args:
         parser.error("--rm-warmup-steps, --rm-lm-coef, --rm-token-coef and --ppo-lora-layers must be 0 or more, --rm-sampled-share in [0, 1]")
     if args.rollout_size % args.samples_per_prompt:
         parser.error("--rollout-size must be a multiple of --samples-per-prompt")
+    if args.oversample > 1 and args.samples_per_prompt < 2:
+        parser.error("--oversample needs --samples-per-prompt 2 or more (a prompt is unsure when its completions disagree)")
     if args.rm_dim % 4:
         parser.error("--rm-dim must be a multiple of 4 (the reward model's attention heads)")
     if args.stage not in ("sft", "reward", "ppo", "all"):
@@ -376,6 +379,16 @@ def slip_penalties(slips: list[int | None], mask: torch.Tensor, weight: float) -
         if token is not None:
             penalties[row, token] = -weight
     return penalties
+
+
+def unsure_groups(correct: torch.Tensor, group: int, keep: int) -> torch.Tensor:
+    """Row indices of `keep` groups of `group` consecutive completions (one prompt each), the groups with both right
+    and wrong answers first: there the policy is unsure and a greedy answer can flip, where a group all right or all
+    wrong teaches little (dynamic sampling, Yu et al. 2025, "DAPO"). correct (N,) -> (keep * group,)."""
+    by_group = correct.view(-1, group)
+    sure = (by_group.max(1).values == by_group.min(1).values).float()
+    order = torch.argsort(sure, stable=True)[:keep]
+    return (order[:, None] * group + torch.arange(group)).flatten()
 
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
@@ -970,8 +983,8 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
     for step in tqdm(range(1, args.ppo_steps + 1), desc="ppo", disable=None):
         t0 = time.time()
         # 1. Rollout: one completion per prompt, scored once it is finished.
-        problems = [p for p in (sample_problem() for _ in range(args.rollout_size // args.samples_per_prompt))
-                    for _ in range(args.samples_per_prompt)]
+        n_prompts = args.rollout_size // args.samples_per_prompt
+        problems = [p for p in (sample_problem() for _ in range(n_prompts * args.oversample)) for _ in range(args.samples_per_prompt)]
         prompts = [build_prompt(tokenizer, p["question"]) for p in problems]
         with recording_block_input(model, first) as pieces:
             prompt_ids, prompt_mask, completion_ids, mask = generate(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
@@ -981,6 +994,14 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
         components = reward_components(texts, [p["answer"] for p in problems], lengths, ended, args.max_new_tokens)
         if reward_model is not None:
             components["reward_model"] = reward_model.score([p["question"] for p in problems], texts)
+        by_prompt = components["correct"].view(-1, args.samples_per_prompt)
+        unsure = (by_prompt.max(1).values > by_prompt.min(1).values).float().mean().item()  # logged
+        if args.oversample > 1:  # keep n_prompts of the prompts, the unsure ones first
+            keep = unsure_groups(components["correct"], args.samples_per_prompt, n_prompts)
+            problems, texts = [problems[i] for i in keep], [texts[i] for i in keep]
+            prompt_ids, prompt_mask, completion_ids, mask = prompt_ids[keep], prompt_mask[keep], completion_ids[keep], mask[keep]
+            lower = lower[keep] if lower is not None else None
+            lengths, ended, components = lengths[keep], ended[keep], {k: v[keep] for k, v in components.items()}
         score = sequence_reward(components, args)
         slips = slip_tokens(tokenizer, completion_ids, mask, texts)
         components["no_slip"] = torch.tensor([float(token is None) for token in slips])  # logged; placed at the slip
@@ -1016,7 +1037,7 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
         kl_ctl.update(sequence_kl, len(problems))
 
         row = {"step": step, "score": score.mean().item(), **{f"reward_{k}": v.mean().item() for k, v in components.items()},
-               "kl": sequence_kl, "kl_coef": kl_ctl.value, "non_score_reward": -(kl_ctl.value * kl).sum(1).mean().item(),
+               "unsure_groups": unsure, "kl": sequence_kl, "kl_coef": kl_ctl.value, "non_score_reward": -(kl_ctl.value * kl).sum(1).mean().item(),
                **{k: sum(v) / len(v) for k, v in stats.items()},
                "explained_variance": explained_variance(old_values[mask.bool()], returns[mask.bool()]),
                "response_length": lengths.float().mean().item(), "seconds_per_step": time.time() - t0}

@@ -36,7 +36,8 @@ def tiny_pipeline(tiny_lm):
                              "--rm-samples", "2", "--rm-eval-problems", "2", "--rm-dim", "16", "--rm-layers", "1", "--rm-warmup-steps", "2",
                              "--rm-warmup-batch", "4", "--rm-steps", "2", "--rm-batch", "4", "--ppo-steps", "2",
                              "--rollout-size", "4", "--minibatch-size", "2", "--eval-every", "1", "--target-kl", "1.0",
-                             "--ppo-lora-layers", "1", "--samples-per-prompt", "2", "--w-slip", "0.5"])
+                             "--ppo-lora-layers", "1", "--samples-per-prompt", "2", "--oversample", "2",
+                             "--w-slip", "0.5"])
     return out, train.train(args)
 
 
@@ -157,6 +158,11 @@ def test_reward_components_on_hand_written_completions():
     assert reward[0] > reward[3] > reward[1] > reward[2] > reward[4]
 
 
+def test_unsure_groups_come_first():
+    correct = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0])  # four prompts, two completions each
+    assert train.unsure_groups(correct, 2, 3).tolist() == [2, 3, 6, 7, 0, 1]
+
+
 def test_first_slip_marks_where_the_work_goes_wrong():
     assert train.first_slip("82 + 17 = 99\n#### 99") is None and train.first_slip("#### 17") is None
     assert train.first_slip("82 + 17 = 101\n#### 101") == len("82 + 17 = ")  # the first wrong digit
@@ -227,7 +233,7 @@ def test_each_stage_runs_and_writes_outputs(tiny_pipeline):
     assert len(evals) == 3 and {"accuracy", "format_rate", "mean_length", "n"} <= set(json.loads(evals[-1].read_text()))
     rows = (out / "ppo" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    for name in ("policy_loss", "value_loss", "kl", "reward_reward_model", "reward_no_slip", "grad_norm"):
+    for name in ("policy_loss", "value_loss", "kl", "reward_reward_model", "reward_no_slip", "grad_norm", "unsure_groups"):
         assert all(float(r.split(",")[header.index(name)]) == float(r.split(",")[header.index(name)]) for r in rows[1:]), name
     assert json.loads((out / "summary.json").read_text())["ppo"]["final"]["n"] == 4
 
@@ -268,3 +274,5 @@ def test_bad_inputs_give_one_clear_error(tmp_path):
     assert result.returncode == 2 and "--ppo-lora-layers" in result.stderr and "must be 0 or more" in result.stderr
     result = run("train.py", "--rollout-size", "30", "--samples-per-prompt", "4")
     assert result.returncode == 2 and "multiple of --samples-per-prompt" in result.stderr
+    result = run("train.py", "--oversample", "2")
+    assert result.returncode == 2 and "--oversample needs --samples-per-prompt" in result.stderr
