@@ -982,7 +982,7 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
     rows = []
     for step in tqdm(range(1, args.ppo_steps + 1), desc="ppo", disable=None):
         t0 = time.time()
-        # 1. Rollout: one completion per prompt, scored once it is finished.
+        # 1. Rollout: --samples-per-prompt completions of each prompt (one by default), scored once finished.
         n_prompts = args.rollout_size // args.samples_per_prompt
         problems = [p for p in (sample_problem() for _ in range(n_prompts * args.oversample)) for _ in range(args.samples_per_prompt)]
         prompts = [build_prompt(tokenizer, p["question"]) for p in problems]
