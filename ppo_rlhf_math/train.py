@@ -81,6 +81,8 @@ class Args:
     rm_eval_problems: int = field(default=100, metadata={"help": "held-out problems for the pairwise accuracy (sampled and perturbed pairs)"})
     rm_dim: int = field(default=128, metadata={"help": "width of the reward model's character transformer"})
     rm_layers: int = field(default=4, metadata={"help": "its layers"})
+    rm_arithmetic_steps: int = field(default=1500, metadata={"help": "first phase: steps of next-character loss alone on worked solutions (the arithmetic, before any grading)"})
+    rm_arithmetic_batch: int = field(default=128, metadata={"help": "worked solutions per step of that phase"})
     rm_warmup_steps: int = field(default=3000, metadata={"help": "warm-up steps on answers alone (no question) before the pairs with questions"})
     rm_warmup_batch: int = field(default=64, metadata={"help": "pairs per warm-up step"})
     rm_steps: int = field(default=800, metadata={"help": "steps on pairs with their questions"})
@@ -139,13 +141,14 @@ def parse_args(argv=None) -> Args:
             parser.add_argument(name, type=f.type, default=f.default, help=f.metadata["help"])
     args = Args(**vars(parser.parse_args(argv)))
     for name in ("threads", "max_new_tokens", "batch_size", "eval_size", "lora_r", "sft_examples", "sft_epochs", "sft_lr",
-                 "rm_problems", "rm_samples", "rm_eval_problems", "rm_dim", "rm_layers", "rm_warmup_batch", "rm_steps",
+                 "rm_problems", "rm_samples", "rm_eval_problems", "rm_dim", "rm_layers", "rm_arithmetic_batch", "rm_warmup_batch", "rm_steps",
                  "rm_batch", "rm_lr", "ppo_steps", "rollout_size", "samples_per_prompt", "oversample", "minibatch_size",
                  "ppo_epochs", "ppo_lr", "vf_lr", "temperature", "clip", "eval_every"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if min(args.rm_warmup_steps, args.rm_lm_coef, args.rm_token_coef, args.ppo_lora_layers) < 0 or not 0 <= args.rm_sampled_share <= 1:
-        parser.error("--rm-warmup-steps, --rm-lm-coef, --rm-token-coef and --ppo-lora-layers must be 0 or more, --rm-sampled-share in [0, 1]")
+    if min(args.rm_arithmetic_steps, args.rm_warmup_steps, args.rm_lm_coef, args.rm_token_coef, args.ppo_lora_layers) < 0 or not 0 <= args.rm_sampled_share <= 1:
+        parser.error("--rm-arithmetic-steps, --rm-warmup-steps, --rm-lm-coef, --rm-token-coef and --ppo-lora-layers must be 0 or more, "
+                     "--rm-sampled-share in [0, 1]")
     if args.rollout_size % args.samples_per_prompt:
         parser.error("--rollout-size must be a multiple of --samples-per-prompt")
     if args.oversample > 1 and args.samples_per_prompt < 2:
@@ -847,14 +850,26 @@ def pairwise_accuracy(rm: RewardModel, pairs) -> dict[str, float]:
     return accuracy
 
 
-def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dict:
-    """Trains r_phi in two phases and saves <run_dir>/reward/model/reward_model.pt.
+@torch.no_grad()
+def result_digit_accuracy(rm: RewardModel, answers: list[str]) -> float:
+    """Share of the result digits (those after '= ') in these answers, read without their questions, that the
+    next-character head predicts: how much of the arithmetic the reward model knows, whatever it makes of it."""
+    ids, segments, positions, places, _ = encode_for_reward([None] * len(answers), answers)
+    predicted = rm.next_char(rm.hidden(ids, segments, positions, places)).argmax(-1)
+    hits = [predicted[row, k] == ids[row, k + 1]  # answer character k sits at k + 1, after ANSWER
+            for row, answer in enumerate(answers) for m in re.finditer(r"= (\d+)", reward_text(answer)) for k in range(*m.span(1))]
+    return round(torch.stack(hits).float().mean().item(), 4) if hits else float("nan")
 
-    Each step's loss is the Bradley-Terry loss on pairs (chosen, rejected), the per-character correctness loss on both
-    answers (prefix_targets) and the next-character loss on the chosen one. Warm-up: the answers alone, without the
-    question (short sequences, cheap, where the model learns the family's arithmetic), all perturbed solutions to fresh
-    problems. Then the pairs with their questions, a share of them the SFT model's own wrong answers (sampled once and
-    labelled by the checker), the rest perturbed solutions to fresh problems, never repeated."""
+
+def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dict:
+    """Trains r_phi in three phases and saves <run_dir>/reward/model/reward_model.pt.
+
+    Arithmetic: the next-character loss alone on worked solutions to fresh problems, read without their questions, so
+    the model first learns to compute what it will grade. Then each step's loss is the Bradley-Terry loss on pairs
+    (chosen, rejected), the per-character correctness loss on both answers (prefix_targets) and the next-character loss
+    on the chosen one. Warm-up: the answers alone, without the question (short sequences, cheap), all perturbed
+    solutions to fresh problems. Then the pairs with their questions, a share of them the SFT model's own wrong answers
+    (sampled once and labelled by the checker), the rest perturbed solutions to fresh problems, never repeated."""
     base, tokenizer = load_base(args.model)
     sft_model = merge_adapter(base, sft_adapter)
     t0 = time.time()
@@ -873,6 +888,13 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
             p = make_problem(rng)
             if p["question"] not in unseen:
                 return p
+
+    def solution_loss(rm: RewardModel, n: int) -> tuple[torch.Tensor, dict]:
+        """The next-character loss on n worked solutions to fresh problems, without their questions."""
+        solutions = [fresh_problem()["solution"] for _ in range(n)]
+        ids, segments, positions, places, _ = encode_for_reward([None] * n, solutions)
+        loss = rm.next_char_loss(rm.hidden(ids, segments, positions, places), ids, segments)
+        return loss, {"next_char_loss": loss.item()}
 
     def pair_loss(rm: RewardModel, n: int, bare: bool) -> tuple[torch.Tensor, dict]:
         """The loss on n pairs; bare: answers without their questions and no sampled pairs (the warm-up)."""
@@ -898,16 +920,20 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
 
     rm = RewardModel(args.rm_dim, args.rm_layers)
     accuracy_before = pairwise_accuracy(rm, eval_pairs)
+    eval_chosen = sorted({c for _, c, _, _ in eval_pairs})
     writer, rows = summary_writer(run_dir / "reward"), []
-    for phase, steps, n, bare in (("warmup", args.rm_warmup_steps, args.rm_warmup_batch, True), ("pairs", args.rm_steps, args.rm_batch, False)):
-        if steps == 0:  # --rm-warmup-steps 0: straight to the pairs
+    phases = (("arithmetic", args.rm_arithmetic_steps, lambda: solution_loss(rm, args.rm_arithmetic_batch)),
+              ("warmup", args.rm_warmup_steps, lambda: pair_loss(rm, args.rm_warmup_batch, bare=True)),
+              ("pairs", args.rm_steps, lambda: pair_loss(rm, args.rm_batch, bare=False)))
+    for phase, steps, phase_loss in phases:
+        if steps == 0:  # --rm-arithmetic-steps 0 or --rm-warmup-steps 0: skip that phase
             continue
         optimizer = torch.optim.AdamW(rm.parameters(), lr=args.rm_lr, weight_decay=0.01)
         # 100 steps of linear warm-up, then cosine decay to 0: the from-scratch transformer needs both
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / steps)))
         bar = tqdm(range(1, steps + 1), desc=f"reward model ({phase})", disable=None)
         for step in bar:
-            loss, info = pair_loss(rm, n, bare)
+            loss, info = phase_loss()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(rm.parameters(), args.max_grad_norm)
             optimizer.step()
@@ -917,7 +943,8 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
             for k, v in info.items():
                 writer.add_scalar(f"reward/{phase}/{k}", v, step)
             bar.set_postfix({k: f"{v:.3f}" for k, v in info.items()})
-        log(f"reward model: {phase} done, held-out pairwise accuracy {pairwise_accuracy(rm, eval_pairs)}")
+        log(f"reward model: {phase} done, held-out pairwise accuracy {pairwise_accuracy(rm, eval_pairs)}, result digits "
+            f"predicted {result_digit_accuracy(rm, eval_chosen)}")
     accuracy = pairwise_accuracy(rm, eval_pairs)
     rm.standardize([q for q, _, _, _ in eval_pairs] * 2, [c for _, c, _, _ in eval_pairs] + [r for _, _, r, _ in eval_pairs])
     write_csv(run_dir / "reward" / "metrics.csv", rows)
@@ -925,6 +952,7 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
     log(f"reward model: held-out pairwise accuracy {accuracy} (before training {accuracy_before})")
     writer.close()
     return {"pairwise_accuracy": accuracy["all"], "pairwise_accuracy_by_kind": accuracy, "pairwise_accuracy_before": accuracy_before,
+            "result_digit_accuracy": result_digit_accuracy(rm, eval_chosen),
             "sampled_train_pairs": len(sampled_pairs), "eval_pairs": len(eval_pairs)}
 
 
@@ -1076,7 +1104,7 @@ def summary_writer(path: Path):
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as fh:  # rewritten whole each time: readable mid-run
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))  # phases log different columns
         writer.writeheader()
         writer.writerows(rows)
 
