@@ -33,7 +33,8 @@ def tiny_pipeline(tiny_lm):
     out = tiny_lm.parent / "run"
     args = train.parse_args(["--stage", "all", "--model", str(tiny_lm), "--out", str(out), "--max-new-tokens", "6",
                              "--batch-size", "4", "--eval-size", "4", "--sft-examples", "8", "--rm-problems", "4",
-                             "--rm-samples", "2", "--rm-eval-problems", "2", "--rm-dim", "16", "--rm-layers", "1", "--rm-warmup-steps", "2",
+                             "--rm-samples", "2", "--rm-eval-problems", "2", "--rm-dim", "16", "--rm-layers", "1", "--rm-arithmetic-steps", "2",
+                             "--rm-arithmetic-batch", "4", "--rm-warmup-steps", "2",
                              "--rm-warmup-batch", "4", "--rm-steps", "2", "--rm-batch", "4", "--ppo-steps", "2",
                              "--rollout-size", "4", "--minibatch-size", "2", "--eval-every", "1", "--target-kl", "1.0",
                              "--ppo-lora-layers", "1", "--samples-per-prompt", "2", "--oversample", "2",
@@ -215,6 +216,22 @@ def test_prefix_targets_mark_the_first_wrong_digit():
     assert (targets[1, start:wrong] == 1).all() and (targets[1, wrong:] == 0).all()
 
 
+def test_result_digit_accuracy_reads_the_digits_after_the_equals_sign():
+    class Reader:  # next_char(hidden(ids)) at position k predicts the character at k + shift
+        def __init__(self, shift):
+            self.shift = shift
+
+        def hidden(self, ids, *rest):
+            return torch.nn.functional.one_hot(ids.roll(-self.shift, 1), 128).float()
+
+        def next_char(self, hidden):
+            return hidden
+    answers = ["11 + 11 = 22\n#### 22", "4 * 8 = 32\n32 - 5 = 27\n#### 27"]
+    assert train.result_digit_accuracy(Reader(shift=1), answers) == 1.0  # always the right next character
+    # repeating the current character: right only on the second 2 of 22 (read units first, 32 and 27 read 23 and 72)
+    assert train.result_digit_accuracy(Reader(shift=0), answers) == pytest.approx(1 / 6, abs=1e-4)
+
+
 def test_perturbed_solution_is_wrong_and_well_formed():
     import random
     rng = random.Random(0)
@@ -228,6 +245,9 @@ def test_each_stage_runs_and_writes_outputs(tiny_pipeline):
     assert set(summary) == {"sft", "reward", "ppo"} and all(summary[s]["seconds"] > 0 for s in summary)
     assert (out / "sft" / "adapter" / "adapter_config.json").is_file()
     assert (out / "reward" / "model" / "reward_model.pt").is_file() and 0 <= summary["reward"]["pairwise_accuracy"] <= 1
+    assert 0 <= summary["reward"]["result_digit_accuracy"] <= 1
+    phases = [line.split(",")[1] for line in (out / "reward" / "metrics.csv").read_text().splitlines()[1:]]
+    assert phases == ["arithmetic"] * 2 + ["warmup"] * 2 + ["pairs"] * 2
     assert (out / "ppo" / "adapter" / "value_head.pt").is_file() and (out / "ppo" / "learning_curve.png").is_file()
     evals = sorted((out / "ppo").glob("eval_step*.json"))
     assert len(evals) == 3 and {"accuracy", "format_rate", "mean_length", "n"} <= set(json.loads(evals[-1].read_text()))
