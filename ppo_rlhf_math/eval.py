@@ -11,7 +11,8 @@ reward model's pairwise accuracy on its held-out pairs.
 Accuracy counts an answer as right only if the completion ends with '#### <number>' and the number is the
 answer; format_rate is the share that ends that way; mean_length is in tokens (EOS included). The reward model's
 pairs are the ones its training stage reports (train.heldout_pairs: the SFT model's answers, drawn with their own
-seeds, about 5 minutes on one core); pairwise accuracy is the share whose chosen (correct) answer scores higher.
+seeds, about 5 minutes on one core); pairwise accuracy is the share whose chosen (correct) answer scores higher, and
+result_digit_accuracy the share of the chosen answers' result digits (after '= ') that its next-character head predicts.
 """
 import argparse
 import json
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from train import (SHIPPED, Args, build_prompt, decode, evaluate, generate, heldout_pairs, heldout_problems, load_base, load_problems,
-                   load_reward_model, merge_adapter, pairwise_accuracy)
+                   load_reward_model, merge_adapter, pairwise_accuracy, result_digit_accuracy)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,10 +76,12 @@ def evaluate_reward_model(args: argparse.Namespace, sft_model, tokenizer) -> Non
     reward_model = load_reward_model(args.reward_dir)
     _, pairs = heldout_pairs(sft_model, tokenizer, Args(max_new_tokens=args.max_new_tokens))
     accuracy = pairwise_accuracy(reward_model, pairs)
+    digits = result_digit_accuracy(reward_model, sorted({chosen for _, chosen, _, _ in pairs}))
     print(f"reward model: pairwise accuracy {accuracy['all']:.3f} on {len(pairs)} held-out pairs "
-          f"({', '.join(f'{k} {v:.3f}' for k, v in accuracy.items() if k != 'all')})", file=sys.stderr)
+          f"({', '.join(f'{k} {v:.3f}' for k, v in accuracy.items() if k != 'all')}); "
+          f"result digits of the chosen answers predicted {digits:.3f}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"pairwise_accuracy": accuracy["all"], "by_kind": accuracy, "n": len(pairs)}))
+        print(json.dumps({"pairwise_accuracy": accuracy["all"], "by_kind": accuracy, "result_digit_accuracy": digits, "n": len(pairs)}))
 
 
 def main() -> None:

@@ -9,9 +9,10 @@ and held-out set as grpo_lm/, so the two algorithms can be compared directly.
 
 1. SFT: LoRA fine-tuning on generated problems with short worked solutions ending in '#### <answer>'.
 2. Reward model: a small character-level transformer trained from scratch, with a scalar head read at the
-   last real token: a warm-up on worked solutions (next-character loss), then the Bradley-Terry loss on pairs
-   (chosen: a correct solution; rejected: a wrong one, sampled from the SFT model and labelled by the
-   checker, or a perturbed correct one) beside the next-character loss on the chosen answers.
+   last real token: first the next-character loss alone on worked solutions (the arithmetic), then the
+   Bradley-Terry loss on pairs (chosen: a correct solution; rejected: a wrong one, sampled from the SFT model
+   and labelled by the checker, or a perturbed correct one) beside a per-character correctness loss and the
+   next-character loss on the chosen answers.
 3. PPO: the SFT model (adapter merged) gets a new LoRA adapter on its top blocks and a value head; the
    reference is the same network with that adapter disabled (no second copy), and the frozen blocks below
    the adapter run once per rollout, while sampling. Sequence reward at the last real token: weighted

@@ -276,7 +276,7 @@ def test_eval_json_for_each_stage(tiny_pipeline, tiny_lm):
                  "--reward-dir", str(out / "reward" / "model"), "--max-new-tokens", "4", "--json")
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
-    assert metrics["n"] >= 100 and 0 <= metrics["pairwise_accuracy"] <= 1  # a perturbed pair for each of 100 problems, and sampled ones
+    assert metrics["n"] >= 100 and 0 <= metrics["pairwise_accuracy"] <= 1 and 0 <= metrics["result_digit_accuracy"] <= 1  # a perturbed pair for each of 100 problems, and sampled ones
 
 
 def test_bad_inputs_give_one_clear_error(tmp_path):
