@@ -16,12 +16,13 @@ result_digit_accuracy the share of the chosen answers' result digits (after '= '
 """
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 import torch
 
-from train import (SHIPPED, Args, build_prompt, decode, evaluate, generate, heldout_pairs, heldout_problems, load_base, load_problems,
+from train import (SHIPPED, Args, build_prompt, decode, evaluate, extract_answer, generate, heldout_pairs, heldout_problems, load_base, load_problems,
                    load_reward_model, merge_adapter, pairwise_accuracy, result_digit_accuracy)
 
 
@@ -84,6 +85,12 @@ def evaluate_reward_model(args: argparse.Namespace, sft_model, tokenizer) -> Non
         print(json.dumps({"pairwise_accuracy": accuracy["all"], "by_kind": accuracy, "result_digit_accuracy": digits, "n": len(pairs)}))
 
 
+def problem_kind(question: str) -> str:
+    """add, sub or mul for the one-line questions ('What is 47 + 38?'), word for the rest."""
+    match = re.fullmatch(r"What is \d+ ([-+*]) \d+\?", question)
+    return {"+": "add", "-": "sub", "*": "mul"}[match.group(1)] if match else "word"
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -99,8 +106,12 @@ def main() -> None:
     metrics, completions = evaluate(model, tokenizer, problems, args.max_new_tokens, args.batch_size)
     for problem, completion in list(zip(problems, completions))[:args.samples]:
         print(f"Q: {problem['question']}  (answer {problem['answer']})\nA: {completion}\n")
+    by_kind = {}
+    for problem, completion in zip(problems, completions):
+        by_kind.setdefault(problem_kind(problem["question"]), []).append(extract_answer(completion) == problem["answer"])
     print(f"{args.stage} model: accuracy {metrics['accuracy']:.3f}, format {metrics['format_rate']:.3f}, "
-          f"mean length {metrics['mean_length']:.1f} tokens on {metrics['n']} problems", file=sys.stderr)
+          f"mean length {metrics['mean_length']:.1f} tokens on {metrics['n']} problems; by kind: "
+          + ", ".join(f"{kind} {sum(right) / len(right):.3f} of {len(right)}" for kind, right in sorted(by_kind.items())), file=sys.stderr)
     if args.json:
         print(json.dumps(metrics))
 
