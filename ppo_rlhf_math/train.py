@@ -102,6 +102,7 @@ class Args:
     ppo_lora_layers: int = field(default=10, metadata={"help": "the PPO adapter covers the top N decoder blocks only (0: all), so the frozen blocks below run once per rollout instead of once per pass"})
     ppo_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the PPO adapter"})
     vf_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the value head (a fresh linear layer: at the adapter's rate it barely leaves 0 in a run)"})
+    greedy_baseline: bool = field(default=False, metadata={"help": "subtract from each completion's reward that of the policy's greedy answer to the same prompt (ReMax), so only answers that differ from the greedy one carry signal"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature; log-probs use logits / temperature too"})
     clip: float = field(default=0.2, metadata={"help": "policy ratio clip range epsilon"})
     value_clip: float = field(default=0.2, metadata={"help": "value clip range around the rollout's values"})
@@ -1007,6 +1008,13 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
                 f"length {metrics['mean_length']:.1f} ({metrics['seconds']:.0f} s); sample: {metrics['sample']!r}")
         accelerator.wait_for_everyone()
 
+    def score_completions(problems: list[dict], completion_ids: torch.Tensor, mask: torch.Tensor, texts: list[str]) -> dict:
+        ended = (completion_ids == tokenizer.eos_token_id).any(1)
+        components = reward_components(texts, [p["answer"] for p in problems], mask.sum(1), ended, args.max_new_tokens)
+        if reward_model is not None:
+            components["reward_model"] = reward_model.score([p["question"] for p in problems], texts)
+        return components
+
     run_eval(0)
     rows = []
     for step in tqdm(range(1, args.ppo_steps + 1), desc="ppo", disable=None):
@@ -1019,10 +1027,8 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
             prompt_ids, prompt_mask, completion_ids, mask = generate(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
         lower = join_block_input(pieces, prompt_ids.shape[1] + mask.shape[1]) if first else None
         texts = decode(tokenizer, completion_ids, mask)
-        lengths, ended = mask.sum(1), (completion_ids == tokenizer.eos_token_id).any(1)
-        components = reward_components(texts, [p["answer"] for p in problems], lengths, ended, args.max_new_tokens)
-        if reward_model is not None:
-            components["reward_model"] = reward_model.score([p["question"] for p in problems], texts)
+        lengths = mask.sum(1)
+        components = score_completions(problems, completion_ids, mask, texts)
         by_prompt = components["correct"].view(-1, args.samples_per_prompt)
         unsure = (by_prompt.max(1).values > by_prompt.min(1).values).float().mean().item()  # logged
         if args.oversample > 1:  # keep n_prompts of the prompts, the unsure ones first
@@ -1030,8 +1036,14 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
             problems, texts = [problems[i] for i in keep], [texts[i] for i in keep]
             prompt_ids, prompt_mask, completion_ids, mask = prompt_ids[keep], prompt_mask[keep], completion_ids[keep], mask[keep]
             lower = lower[keep] if lower is not None else None
-            lengths, ended, components = lengths[keep], ended[keep], {k: v[keep] for k, v in components.items()}
+            lengths, components = lengths[keep], {k: v[keep] for k, v in components.items()}
         score = sequence_reward(components, args)
+        if args.greedy_baseline:  # ReMax (Li et al. 2023): minus the reward of the policy's greedy answer to the same prompt
+            _, _, greedy_ids, greedy_mask = generate(model, tokenizer, [build_prompt(tokenizer, p["question"]) for p in problems],
+                                                     args.max_new_tokens)
+            greedy = score_completions(problems, greedy_ids, greedy_mask, decode(tokenizer, greedy_ids, greedy_mask))
+            score = score - sequence_reward(greedy, args)
+            components["greedy_correct"] = greedy["correct"]  # logged: the greedy accuracy on this step's prompts
         slips = slip_tokens(tokenizer, completion_ids, mask, texts)
         components["no_slip"] = torch.tensor([float(token is None) for token in slips])  # logged; placed at the slip
 

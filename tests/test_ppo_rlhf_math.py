@@ -38,7 +38,7 @@ def tiny_pipeline(tiny_lm):
                              "--rm-warmup-batch", "4", "--rm-steps", "2", "--rm-batch", "4", "--ppo-steps", "2",
                              "--rollout-size", "4", "--minibatch-size", "2", "--eval-every", "1", "--target-kl", "1.0",
                              "--ppo-lora-layers", "1", "--samples-per-prompt", "2", "--oversample", "2",
-                             "--w-slip", "0.5"])
+                             "--w-slip", "0.5", "--greedy-baseline"])
     return out, train.train(args)
 
 
@@ -253,7 +253,8 @@ def test_each_stage_runs_and_writes_outputs(tiny_pipeline):
     assert len(evals) == 3 and {"accuracy", "format_rate", "mean_length", "n"} <= set(json.loads(evals[-1].read_text()))
     rows = (out / "ppo" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    for name in ("policy_loss", "value_loss", "kl", "reward_reward_model", "reward_no_slip", "grad_norm", "unsure_groups"):
+    for name in ("policy_loss", "value_loss", "kl", "reward_reward_model", "reward_no_slip", "grad_norm", "unsure_groups",
+                 "reward_greedy_correct"):
         assert all(float(r.split(",")[header.index(name)]) == float(r.split(",")[header.index(name)]) for r in rows[1:]), name
     assert json.loads((out / "summary.json").read_text())["ppo"]["final"]["n"] == 4
 
