@@ -1009,6 +1009,7 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
         accelerator.wait_for_everyone()
 
     def score_completions(problems: list[dict], completion_ids: torch.Tensor, mask: torch.Tensor, texts: list[str]) -> dict:
+        """The sequence reward's components for finished completions: the checker's, and the reward model's score."""
         ended = (completion_ids == tokenizer.eos_token_id).any(1)
         components = reward_components(texts, [p["answer"] for p in problems], mask.sum(1), ended, args.max_new_tokens)
         if reward_model is not None:
