@@ -34,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sft-adapter", default=str(SHIPPED["sft"]), help="SFT adapter directory (default: the shipped one)")
     parser.add_argument("--ppo-adapter", default=str(SHIPPED["ppo"]), help="PPO adapter directory (default: the shipped one)")
     parser.add_argument("--reward-dir", default=str(SHIPPED["reward"]), help="reward model directory (default: the shipped one)")
+    parser.add_argument("--solutions", choices=["plain", "split"], default="plain",
+                        help="--stage reward: the worked-solution style the reward stage was trained with (train.py --solutions)")
     parser.add_argument("--problems", default="", help="JSONL file of {question, answer} lines (default: built-in held-out set)")
     parser.add_argument("--n", type=int, default=200, help="number of built-in held-out problems")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per answer (as in training)")
@@ -75,7 +77,7 @@ def load_stage(args: argparse.Namespace):
 
 def evaluate_reward_model(args: argparse.Namespace, sft_model, tokenizer) -> None:
     reward_model = load_reward_model(args.reward_dir)
-    _, pairs = heldout_pairs(sft_model, tokenizer, Args(max_new_tokens=args.max_new_tokens))
+    _, pairs = heldout_pairs(sft_model, tokenizer, Args(max_new_tokens=args.max_new_tokens, solutions=args.solutions))
     accuracy = pairwise_accuracy(reward_model, pairs)
     digits = result_digit_accuracy(reward_model, sorted({chosen for _, chosen, _, _ in pairs}))
     print(f"reward model: pairwise accuracy {accuracy['all']:.3f} on {len(pairs)} held-out pairs "

@@ -73,6 +73,7 @@ class Args:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of every adapter"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scale alpha (update scaled by alpha / r)"})
     # 1. SFT
+    solutions: str = field(default="plain", metadata={"help": "worked solutions SFT learns from and the reward model checks: plain ('61 - 37 = 24') or split (a one-line sum or difference in two steps, tens then units: '61 - 30 = 31', '31 - 7 = 24')"})
     sft_examples: int = field(default=512, metadata={"help": "generated problems with worked solutions"})
     sft_epochs: int = field(default=1, metadata={"help": "passes over them"})
     sft_lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate of the SFT adapter"})
@@ -159,6 +160,8 @@ def parse_args(argv=None) -> Args:
         parser.error("--rm-dim must be a multiple of 4 (the reward model's attention heads)")
     if args.stage not in ("sft", "reward", "ppo", "all"):
         parser.error(f"--stage must be sft, reward, ppo or all, got {args.stage!r}")
+    if args.solutions not in ("plain", "split"):
+        parser.error(f"--solutions must be plain or split, got {args.solutions!r}")
     if args.kl_estimator not in ("k1", "k3"):
         parser.error(f"--kl-estimator must be k1 or k3, got {args.kl_estimator!r}")
     if not 0 <= args.lam <= 1 or not 0 < args.gamma <= 1:
@@ -261,6 +264,21 @@ def extract_answer(completion: str) -> str | None:
 
 
 ARITHMETIC_LINE = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)")
+
+
+def in_style(problem: dict, style: str) -> dict:
+    """The problem with its worked solution in `style` (--solutions): plain, as make_problem writes it, or split: a
+    one-line sum or difference in two steps, the second number's tens then its units (`61 - 37 = 24` becomes
+    `61 - 30 = 31`, `31 - 7 = 24`), so each step changes one digit place. Word problems and products stay plain."""
+    *work, final = problem["solution"].split("\n")
+    if style == "plain" or len(work) > 1:
+        return problem
+    a, op, b, result = ARITHMETIC_LINE.fullmatch(work[0]).groups()
+    tens, units = int(b) - int(b) % 10, int(b) % 10
+    if op == "*" or not tens or not units:
+        return problem
+    middle = int(a) + tens if op == "+" else int(a) - tens
+    return {**problem, "solution": f"{a} {op} {tens} = {middle}\n{middle} {op} {units} = {result}\n{final}"}
 
 
 def nearby_wrong(n: int, rng: random.Random) -> int:
@@ -773,7 +791,7 @@ def train_sft(args: Args, run_dir: Path, log) -> dict:
     model, tokenizer = load_base(args.model)
     model = add_lora(model, args)
     heldout = heldout_problems(args.eval_size)
-    train_set = distinct_problems(args.seed, args.sft_examples, {p["question"] for p in heldout})
+    train_set = [in_style(p, args.solutions) for p in distinct_problems(args.seed, args.sft_examples, {p["question"] for p in heldout})]
     examples = [(build_prompt(tokenizer, p["question"]), p["solution"] + tokenizer.eos_token) for p in train_set]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.sft_lr)
     steps = args.sft_epochs * -(-len(examples) // args.batch_size)
@@ -835,7 +853,8 @@ def heldout_pairs(sft_model, tokenizer, args: Args) -> tuple[list[dict], list[tu
     """The reward model's held-out problems (none in PPO's held-out set) and their pairs, drawn with seeds of their own
     (problems, SFT samples, perturbations) before anything else, so every run of the reward stage, whatever its
     flags, and `eval.py --stage reward` measure on the same pairs."""
-    problems = distinct_problems(RM_HELDOUT_SEED, args.rm_eval_problems, {p["question"] for p in heldout_problems(args.eval_size)})
+    problems = [in_style(p, args.solutions) for p in
+                distinct_problems(RM_HELDOUT_SEED, args.rm_eval_problems, {p["question"] for p in heldout_problems(args.eval_size)})]
     torch.manual_seed(RM_HELDOUT_SEED)
     return problems, sample_pairs(sft_model, tokenizer, problems, args, random.Random(RM_HELDOUT_SEED))
 
@@ -879,7 +898,7 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
     unseen = {p["question"] for p in heldout_problems(args.eval_size) + eval_problems}  # the reward model trains on none of these
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    sampled_problems = distinct_problems(args.seed + 1, args.rm_problems, unseen)
+    sampled_problems = [in_style(p, args.solutions) for p in distinct_problems(args.seed + 1, args.rm_problems, unseen)]
     sampled_pairs = [pair for pair in sample_pairs(sft_model, tokenizer, sampled_problems, args, rng) if pair[3] == "sampled"]
     del sft_model, base
     log(f"reward model: {len(sampled_pairs)} training pairs with the SFT model's wrong answers, {len(eval_pairs)} held-out "
@@ -889,7 +908,7 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
         while True:
             p = make_problem(rng)
             if p["question"] not in unseen:
-                return p
+                return in_style(p, args.solutions)
 
     def solution_loss(rm: RewardModel, n: int) -> tuple[torch.Tensor, dict]:
         """The next-character loss on n worked solutions to fresh problems, without their questions."""

@@ -1,6 +1,7 @@
 """Smoke and unit tests of ppo_rlhf_math/ (SFT, reward model, PPO). A tiny random Llama with a character-level
 tokenizer is built here, so nothing is downloaded."""
 import json
+import random
 import subprocess
 import sys
 
@@ -54,6 +55,16 @@ def test_heldout_set_is_grpo_lm_s():
     assert [p["question"] for p in ours] == [p["question"] for p in theirs]
     assert [p["answer"] for p in ours] == [p["answer"] for p in theirs]
     assert all(train.extract_answer(p["solution"]) == p["answer"] for p in ours)  # worked solutions are right
+
+
+def test_split_solutions_step_tens_then_units():
+    split = [train.in_style(p, "split") for p in train.distinct_problems(3, 80)]
+    assert train.in_style({"question": "What is 61 - 37?", "answer": "24", "solution": "61 - 37 = 24\n#### 24"},
+                          "split")["solution"] == "61 - 30 = 31\n31 - 7 = 24\n#### 24"
+    assert train.in_style({"question": "What is 47 + 40?", "answer": "87", "solution": "47 + 40 = 87\n#### 87"},
+                          "split")["solution"] == "47 + 40 = 87\n#### 87"  # nothing to split
+    assert all(train.extract_answer(p["solution"]) == p["answer"] and train.first_slip(p["solution"]) is None for p in split)
+    assert all(train.extract_answer(train.perturb_solution(p, random.Random(i))) != p["answer"] for i, p in enumerate(split))
 
 
 def test_bradley_terry_loss_by_hand():
@@ -233,7 +244,6 @@ def test_result_digit_accuracy_reads_the_digits_after_the_equals_sign():
 
 
 def test_perturbed_solution_is_wrong_and_well_formed():
-    import random
     rng = random.Random(0)
     for p in train.distinct_problems(3, 50):
         wrong = train.perturb_solution(p, rng)
