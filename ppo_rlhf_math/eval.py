@@ -6,10 +6,15 @@ reward model's pairwise accuracy on its held-out pairs.
     python ppo_rlhf_math/eval.py --stage base --json     # the untouched SmolLM2-135M-Instruct, same problems and prompt
     python ppo_rlhf_math/eval.py --problems my.jsonl     # your own {"question": ..., "answer": ...} lines
     python ppo_rlhf_math/eval.py --stage reward --json   # the shipped reward model on its 100 held-out problems' pairs
+    python ppo_rlhf_math/eval.py --stage sft --pass-at 8   # also 8 samples a problem: what re-weighting them could reach
     python ppo_rlhf_math/eval.py --prompt "Ava has 12 apples and eats 5. How many are left?"
 
 Accuracy counts an answer as right only if the completion ends with '#### <number>' and the number is the
-answer; format_rate is the share that ends that way; mean_length is in tokens (EOS included). The reward model's
+answer; format_rate is the share that ends that way; mean_length is in tokens (EOS included). With --pass-at K,
+K completions of each problem at temperature 1 (the sampling PPO trains on) give sample_accuracy (the share of
+them right), pass_at_k (at least one right), majority_at_k (their most common answer is right) and near_ties
+(the greedy answer is wrong but at least a quarter of the samples are right: the problems a policy that only
+re-weights its own answers can fix). The reward model's
 pairs are the ones its training stage reports (train.heldout_pairs: the SFT model's answers, drawn with their own
 seeds, about 5 minutes on one core); pairwise accuracy is the share whose chosen (correct) answer scores higher, and
 result_digit_accuracy the share of the chosen answers' result digits (after '= ') that its next-character head predicts.
@@ -18,6 +23,7 @@ import argparse
 import json
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -41,13 +47,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per answer (as in training)")
     parser.add_argument("--batch-size", type=int, default=32, help="problems per generate call")
     parser.add_argument("--samples", type=int, default=3, help="completions to print")
+    parser.add_argument("--pass-at", type=int, default=0, metavar="K",
+                        help="also sample K completions per problem at temperature 1 and report pass@K, majority@K and near-ties (default: off)")
     parser.add_argument("--prompt", default="", help="just answer this question and exit")
-    parser.add_argument("--json", action="store_true", help="print {accuracy, format_rate, mean_length, n} as the last line")
+    parser.add_argument("--json", action="store_true", help="print {accuracy, format_rate, mean_length, n} as the last line (with --pass-at, the sampled metrics and k too)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     for name in ("n", "max_new_tokens", "batch_size", "threads"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.pass_at < 0:
+        parser.error("--pass-at must be 0 (off) or more")
     if args.problems and not Path(args.problems).is_file():
         parser.error(f"--problems {args.problems!r} is not a file")
     if args.stage == "reward" and (args.prompt or args.problems):
@@ -93,6 +103,26 @@ def problem_kind(question: str) -> str:
     return {"+": "add", "-": "sub", "*": "mul"}[match.group(1)] if match else "word"
 
 
+@torch.no_grad()
+def sampled_metrics(model, tokenizer, problems: list[dict], greedy_right: list[bool], k: int, args) -> list[dict]:
+    """Per problem: the share of k samples (temperature 1) that are right, whether any is, whether their most common
+    answer is, and whether it is a near-tie (greedy wrong, at least a quarter of the samples right)."""
+    torch.manual_seed(0)
+    rows, per_call = [], max(1, args.batch_size // k)
+    for i in range(0, len(problems), per_call):
+        batch = problems[i:i + per_call]
+        _, _, ids, mask = generate(model, tokenizer, [build_prompt(tokenizer, p["question"]) for p in batch for _ in range(k)],
+                                   args.max_new_tokens, temperature=1.0)
+        texts = decode(tokenizer, ids, mask)
+        for j, problem in enumerate(batch):
+            answers = [extract_answer(t) for t in texts[j * k:(j + 1) * k]]
+            right = sum(a == problem["answer"] for a in answers)
+            rows.append({"sample_accuracy": right / k, "pass_at_k": right > 0,
+                         "majority_at_k": Counter(answers).most_common(1)[0][0] == problem["answer"],
+                         "near_ties": not greedy_right[i + j] and right >= k / 4})
+    return rows
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -108,12 +138,23 @@ def main() -> None:
     metrics, completions = evaluate(model, tokenizer, problems, args.max_new_tokens, args.batch_size)
     for problem, completion in list(zip(problems, completions))[:args.samples]:
         print(f"Q: {problem['question']}  (answer {problem['answer']})\nA: {completion}\n")
-    by_kind = {}
-    for problem, completion in zip(problems, completions):
-        by_kind.setdefault(problem_kind(problem["question"]), []).append(extract_answer(completion) == problem["answer"])
+    greedy_right = [extract_answer(c) == p["answer"] for p, c in zip(problems, completions)]
+    kinds = [problem_kind(p["question"]) for p in problems]
+
+    def by_kind(values: list) -> str:
+        groups = {}
+        for kind, value in zip(kinds, values):
+            groups.setdefault(kind, []).append(float(value))
+        return ", ".join(f"{kind} {sum(v) / len(v):.3f} of {len(v)}" for kind, v in sorted(groups.items()))
     print(f"{args.stage} model: accuracy {metrics['accuracy']:.3f}, format {metrics['format_rate']:.3f}, "
-          f"mean length {metrics['mean_length']:.1f} tokens on {metrics['n']} problems; by kind: "
-          + ", ".join(f"{kind} {sum(right) / len(right):.3f} of {len(right)}" for kind, right in sorted(by_kind.items())), file=sys.stderr)
+          f"mean length {metrics['mean_length']:.1f} tokens on {metrics['n']} problems; by kind: {by_kind(greedy_right)}", file=sys.stderr)
+    if args.pass_at:
+        rows = sampled_metrics(model, tokenizer, problems, greedy_right, args.pass_at, args)
+        for key in rows[0]:
+            values = [row[key] for row in rows]
+            metrics[key] = sum(values) / len(values)
+            print(f"{key} ({args.pass_at} samples at temperature 1): {metrics[key]:.3f}; by kind: {by_kind(values)}", file=sys.stderr)
+        metrics["k"] = args.pass_at
     if args.json:
         print(json.dumps(metrics))
 

@@ -284,6 +284,12 @@ def test_eval_json_for_each_stage(tiny_pipeline, tiny_lm):
         metrics = json.loads(result.stdout.strip().splitlines()[-1])
         assert list(metrics)[-1] == "n" and metrics["n"] == 3 and 0 <= metrics["accuracy"] <= 1
         assert "by kind: " in result.stderr  # accuracy per kind of problem (add, sub, mul, word)
+    result = run("eval.py", "--stage", "sft", "--model", str(tiny_lm), "--sft-adapter", str(out / "sft" / "adapter"), "--n", "3",
+                 "--max-new-tokens", "4", "--pass-at", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    m = json.loads(result.stdout.strip().splitlines()[-1])
+    assert m["k"] == 3 and m["majority_at_k"] <= m["pass_at_k"] and m["sample_accuracy"] <= m["pass_at_k"]
+    assert m["near_ties"] <= 1 - m["accuracy"]
     result = run("eval.py", "--stage", "reward", "--model", str(tiny_lm), "--sft-adapter", str(out / "sft" / "adapter"),
                  "--reward-dir", str(out / "reward" / "model"), "--max-new-tokens", "4", "--json")
     assert result.returncode == 0, result.stderr
