@@ -258,6 +258,8 @@ def test_each_stage_runs_and_writes_outputs(tiny_pipeline):
     assert 0 <= summary["reward"]["result_digit_accuracy"] <= 1
     phases = [line.split(",")[1] for line in (out / "reward" / "metrics.csv").read_text().splitlines()[1:]]
     assert phases == ["arithmetic"] * 2 + ["warmup"] * 2 + ["pairs"] * 2
+    header = (out / "reward" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "kept_next_char_loss" in header  # the later phases keep the arithmetic loss on bare worked solutions
     assert (out / "ppo" / "adapter" / "value_head.pt").is_file() and (out / "ppo" / "learning_curve.png").is_file()
     evals = sorted((out / "ppo").glob("eval_step*.json"))
     assert len(evals) == 3 and {"accuracy", "format_rate", "mean_length", "n"} <= set(json.loads(evals[-1].read_text()))
@@ -295,6 +297,19 @@ def test_eval_json_for_each_stage(tiny_pipeline, tiny_lm):
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["n"] >= 100 and 0 <= metrics["pairwise_accuracy"] <= 1 and 0 <= metrics["result_digit_accuracy"] <= 1  # a perturbed pair for each of 100 problems, and sampled ones
+
+
+def test_shipped_files_load():
+    """The shipped reward model loads and prefers a right worked solution to the same one with a slip; the shipped
+    adapters are LoRA adapters of the rank train.py uses."""
+    rm = train.load_reward_model(FOLDER / "reward_model")
+    question = "What is 61 - 37?"
+    right, slip = rm.score([question] * 2, ["61 - 30 = 31\n31 - 7 = 24\n#### 24", "61 - 30 = 31\n31 - 7 = 34\n#### 34"])
+    assert right > slip
+    for adapter in ("sft_adapter", "ppo_adapter"):
+        config = json.loads((FOLDER / adapter / "adapter_config.json").read_text())
+        assert config["r"] == train.Args().lora_r and (FOLDER / adapter / "adapter_model.safetensors").is_file()
+    assert (FOLDER / "ppo_adapter" / "value_head.pt").is_file()
 
 
 def test_bad_inputs_give_one_clear_error(tmp_path):
