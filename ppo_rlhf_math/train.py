@@ -88,7 +88,7 @@ class Args:
     rm_kept_solutions: int = field(default=64, metadata={"help": "worked solutions per step of the warm-up and pair phases whose next-character loss keeps up the arithmetic of the first phase (0: none)"})
     rm_warmup_steps: int = field(default=1000, metadata={"help": "warm-up steps on answers alone (no question) before the pairs with questions"})
     rm_warmup_batch: int = field(default=64, metadata={"help": "pairs per warm-up step"})
-    rm_steps: int = field(default=1200, metadata={"help": "steps on pairs with their questions"})
+    rm_steps: int = field(default=2400, metadata={"help": "steps on pairs with their questions"})
     rm_batch: int = field(default=32, metadata={"help": "pairs per step of the pair phase"})
     rm_sampled_share: float = field(default=0.3, metadata={"help": "share of each pair batch drawn from the SFT model's wrong answers (the rest: perturbed solutions)"})
     rm_lm_coef: float = field(default=1.0, metadata={"help": "weight of the next-character loss on chosen answers beside the Bradley-Terry loss"})
