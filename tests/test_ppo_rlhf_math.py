@@ -35,7 +35,7 @@ def tiny_pipeline(tiny_lm):
     args = train.parse_args(["--stage", "all", "--model", str(tiny_lm), "--out", str(out), "--max-new-tokens", "6",
                              "--batch-size", "4", "--eval-size", "4", "--sft-examples", "8", "--rm-problems", "4",
                              "--rm-samples", "2", "--rm-eval-problems", "2", "--rm-dim", "16", "--rm-layers", "1", "--rm-arithmetic-steps", "2",
-                             "--rm-arithmetic-batch", "4", "--rm-warmup-steps", "2",
+                             "--rm-arithmetic-batch", "4", "--rm-kept-solutions", "4", "--rm-warmup-steps", "2",
                              "--rm-warmup-batch", "4", "--rm-steps", "2", "--rm-batch", "4", "--ppo-steps", "2",
                              "--rollout-size", "4", "--minibatch-size", "2", "--eval-every", "1", "--target-kl", "1.0",
                              "--ppo-lora-layers", "1", "--samples-per-prompt", "2", "--oversample", "2",
