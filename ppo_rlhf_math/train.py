@@ -66,36 +66,35 @@ class Args:
     sft_adapter: str = field(default="", metadata={"help": "SFT adapter for the reward and PPO stages (default: <out>/sft/adapter)"})
     reward_dir: str = field(default="", metadata={"help": "reward model for the PPO stage (default: <out>/reward/model)"})
     save_to: bool = field(default=False, metadata={"help": "also copy each stage's result into ppo_rlhf_math/ (the shipped files)"})
-    threads: int = field(default=1, metadata={"help": "torch CPU threads (on a shared 2-core machine 1 is fastest)"})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads (1 when another job shares the 2 cores)"})
     max_new_tokens: int = field(default=48, metadata={"help": "new tokens per completion (longer ones are truncated)"})
     batch_size: int = field(default=16, metadata={"help": "sequences per forward pass for SFT, reward-model training and evaluation"})
     eval_size: int = field(default=200, metadata={"help": "held-out problems (greedy decoding)"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of every adapter"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scale alpha (update scaled by alpha / r)"})
     # 1. SFT
-    solutions: str = field(default="plain", metadata={"help": "worked solutions SFT learns from and the reward model checks: plain ('61 - 37 = 24') or split (a one-line sum or difference in two steps, tens then units: '61 - 30 = 31', '31 - 7 = 24')"})
+    solutions: str = field(default="split", metadata={"help": "worked solutions SFT learns from and the reward model checks: plain ('61 - 37 = 24') or split (a one-line sum or difference in two steps, tens then units: '61 - 30 = 31', '31 - 7 = 24')"})
     sft_examples: int = field(default=512, metadata={"help": "generated problems with worked solutions"})
     sft_epochs: int = field(default=1, metadata={"help": "passes over them"})
     sft_lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate of the SFT adapter"})
     # 2. Reward model
-    rm_problems: int = field(default=512, metadata={"help": "training problems answered by the SFT model (their wrong answers become rejected answers)"})
+    rm_problems: int = field(default=1024, metadata={"help": "training problems answered by the SFT model (their wrong answers become rejected answers)"})
     rm_samples: int = field(default=2, metadata={"help": "SFT samples per problem (temperature 1), labelled by the checker"})
     rm_eval_problems: int = field(default=100, metadata={"help": "held-out problems for the pairwise accuracy (sampled and perturbed pairs)"})
     rm_dim: int = field(default=128, metadata={"help": "width of the reward model's character transformer"})
     rm_layers: int = field(default=4, metadata={"help": "its layers"})
     rm_arithmetic_steps: int = field(default=1500, metadata={"help": "first phase: steps of next-character loss alone on worked solutions (the arithmetic, before any grading)"})
     rm_arithmetic_batch: int = field(default=128, metadata={"help": "worked solutions per step of that phase"})
-    rm_kept_solutions: int = field(default=0, metadata={"help": "worked solutions per step of the warm-up and pair phases whose next-character loss keeps up the arithmetic of the first phase (0: none)"})
     rm_warmup_steps: int = field(default=1000, metadata={"help": "warm-up steps on answers alone (no question) before the pairs with questions"})
     rm_warmup_batch: int = field(default=64, metadata={"help": "pairs per warm-up step"})
-    rm_steps: int = field(default=800, metadata={"help": "steps on pairs with their questions"})
+    rm_steps: int = field(default=3600, metadata={"help": "steps on pairs with their questions"})
     rm_batch: int = field(default=32, metadata={"help": "pairs per step of the pair phase"})
     rm_sampled_share: float = field(default=0.3, metadata={"help": "share of each pair batch drawn from the SFT model's wrong answers (the rest: perturbed solutions)"})
     rm_lm_coef: float = field(default=1.0, metadata={"help": "weight of the next-character loss on chosen answers beside the Bradley-Terry loss"})
     rm_token_coef: float = field(default=1.0, metadata={"help": "weight of the per-character correctness loss (is the answer still right so far?) beside the Bradley-Terry loss"})
     rm_lr: float = field(default=2e-3, metadata={"help": "AdamW peak learning rate of the reward model"})
     # 3. PPO
-    ppo_steps: int = field(default=20, metadata={"help": "PPO steps (each: sample, score, several epochs of updates)"})
+    ppo_steps: int = field(default=60, metadata={"help": "PPO steps (each: sample, score, several epochs of updates)"})
     rollout_size: int = field(default=32, metadata={"help": "completions per step and process"})
     samples_per_prompt: int = field(default=1, metadata={"help": "completions of each prompt in a rollout (rollout-size / this many prompts)"})
     oversample: int = field(default=1, metadata={"help": "sample this many times the prompts a step uses and keep those with both right and wrong completions first (with --samples-per-prompt > 1)"})
@@ -115,13 +114,13 @@ class Args:
     kl_estimator: str = field(default="k1", metadata={"help": "k1 (log-ratio) or k3 (non-negative) per-token KL"})
     target_kl: float = field(default=0.0, metadata={"help": "adaptive KL: target per-sequence KL (0: fixed --kl-coef)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "global gradient-norm clip"})
-    w_reward_model: float = field(default=0.5, metadata={"help": "sequence reward weight: reward-model score"})
+    w_reward_model: float = field(default=0.2, metadata={"help": "sequence reward weight: reward-model score"})
     w_correct: float = field(default=1.0, metadata={"help": "sequence reward weight: final answer correct"})
     w_format: float = field(default=0.2, metadata={"help": "sequence reward weight: ends with '#### <number>'"})
     w_brevity: float = field(default=0.1, metadata={"help": "sequence reward weight: 1 - length / max, for correct answers only"})
     w_no_eos: float = field(default=1.0, metadata={"help": "penalty when the completion hits the length limit without EOS"})
     w_slip: float = field(default=0.0, metadata={"help": "penalty on the token that writes the first arithmetic slip (process reward; 0: off)"})
-    eval_every: int = field(default=10, metadata={"help": "PPO steps between held-out evaluations"})
+    eval_every: int = field(default=20, metadata={"help": "PPO steps between held-out evaluations"})
 
 
 def str2bool(text: str) -> bool:
@@ -150,9 +149,9 @@ def parse_args(argv=None) -> Args:
                  "ppo_epochs", "ppo_lr", "vf_lr", "temperature", "clip", "eval_every"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if min(args.rm_arithmetic_steps, args.rm_kept_solutions, args.rm_warmup_steps, args.rm_lm_coef, args.rm_token_coef,
+    if min(args.rm_arithmetic_steps, args.rm_warmup_steps, args.rm_lm_coef, args.rm_token_coef,
            args.ppo_lora_layers) < 0 or not 0 <= args.rm_sampled_share <= 1:
-        parser.error("--rm-arithmetic-steps, --rm-kept-solutions, --rm-warmup-steps, --rm-lm-coef, --rm-token-coef and --ppo-lora-layers "
+        parser.error("--rm-arithmetic-steps, --rm-warmup-steps, --rm-lm-coef, --rm-token-coef and --ppo-lora-layers "
                      "must be 0 or more, "
                      "--rm-sampled-share in [0, 1]")
     if args.rollout_size % args.samples_per_prompt:
@@ -891,8 +890,7 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
     Arithmetic: the next-character loss alone on worked solutions to fresh problems, read without their questions, so
     the model first learns to compute what it will grade. Then each step's loss is the Bradley-Terry loss on pairs
     (chosen, rejected), the per-character correctness loss on both answers (prefix_targets), the next-character loss
-    on the chosen one and, with --rm-kept-solutions, on fresh bare worked solutions too, so that grading does not
-    crowd out the arithmetic it rests on. Warm-up: the answers alone, without the question (short sequences, cheap), all perturbed
+    on the chosen one, so that grading does not crowd out the arithmetic it rests on. Warm-up: the answers alone, without the question (short sequences, cheap), all perturbed
     solutions to fresh problems. Then the pairs with their questions, a share of them the SFT model's own wrong answers
     (sampled once and labelled by the checker), the rest perturbed solutions to fresh problems, never repeated."""
     base, tokenizer = load_base(args.model)
@@ -942,9 +940,6 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
         loss = bt + args.rm_token_coef * token + args.rm_lm_coef * next_char
         info = {"bt_loss": bt.item(), "token_loss": token.item(), "next_char_loss": next_char.item(),
                 "train_pair_accuracy": (scores[:n] > scores[n:]).float().mean().item()}
-        if args.rm_kept_solutions:  # grading alone lets the arithmetic slip (96% of result digits after phase 1, 88% at the end)
-            kept, _ = solution_loss(rm, args.rm_kept_solutions)
-            loss, info["kept_next_char_loss"] = loss + kept, kept.item()
         return loss, info
 
     rm = RewardModel(args.rm_dim, args.rm_layers)
