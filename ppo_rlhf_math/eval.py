@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sft-adapter", default=str(SHIPPED["sft"]), help="SFT adapter directory (default: the shipped one)")
     parser.add_argument("--ppo-adapter", default=str(SHIPPED["ppo"]), help="PPO adapter directory (default: the shipped one)")
     parser.add_argument("--reward-dir", default=str(SHIPPED["reward"]), help="reward model directory (default: the shipped one)")
-    parser.add_argument("--solutions", choices=["plain", "split"], default="plain",
+    parser.add_argument("--solutions", choices=["plain", "split"], default="split",
                         help="--stage reward: the worked-solution style the reward stage was trained with (train.py --solutions)")
     parser.add_argument("--problems", default="", help="JSONL file of {question, answer} lines (default: built-in held-out set)")
     parser.add_argument("--n", type=int, default=200, help="number of built-in held-out problems")
@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also sample K completions per problem at temperature 1 and report pass@K, majority@K and near-ties (default: off)")
     parser.add_argument("--prompt", default="", help="just answer this question and exit")
     parser.add_argument("--json", action="store_true", help="print {accuracy, format_rate, mean_length, n} as the last line (with --pass-at, the sampled metrics and k too)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 when another job shares the 2 cores)")
     args = parser.parse_args(argv)
     for name in ("n", "max_new_tokens", "batch_size", "threads"):
         if getattr(args, name) <= 0:

@@ -110,7 +110,7 @@ class Args:
     vf_coef: float = field(default=0.1, metadata={"help": "weight of the value loss (it shares the backbone with the policy)"})
     gamma: float = field(default=1.0, metadata={"help": "discount over tokens"})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda over tokens"})
-    kl_coef: float = field(default=0.05, metadata={"help": "beta: per-token KL penalty in the reward (initial value if adaptive)"})
+    kl_coef: float = field(default=0.1, metadata={"help": "beta: per-token KL penalty in the reward (initial value if adaptive)"})
     kl_estimator: str = field(default="k1", metadata={"help": "k1 (log-ratio) or k3 (non-negative) per-token KL"})
     target_kl: float = field(default=0.0, metadata={"help": "adaptive KL: target per-sequence KL (0: fixed --kl-coef)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "global gradient-norm clip"})
@@ -119,7 +119,7 @@ class Args:
     w_format: float = field(default=0.2, metadata={"help": "sequence reward weight: ends with '#### <number>'"})
     w_brevity: float = field(default=0.1, metadata={"help": "sequence reward weight: 1 - length / max, for correct answers only"})
     w_no_eos: float = field(default=1.0, metadata={"help": "penalty when the completion hits the length limit without EOS"})
-    w_slip: float = field(default=0.0, metadata={"help": "penalty on the token that writes the first arithmetic slip (process reward; 0: off)"})
+    w_slip: float = field(default=1.0, metadata={"help": "penalty on the token that writes the first arithmetic slip (process reward; 0: off)"})
     eval_every: int = field(default=20, metadata={"help": "PPO steps between held-out evaluations"})
 
 
