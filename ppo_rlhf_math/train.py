@@ -890,8 +890,8 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
     Arithmetic: the next-character loss alone on worked solutions to fresh problems, read without their questions, so
     the model first learns to compute what it will grade. Then each step's loss is the Bradley-Terry loss on pairs
     (chosen, rejected), the per-character correctness loss on both answers (prefix_targets), the next-character loss
-    on the chosen one, so that grading does not crowd out the arithmetic it rests on. Warm-up: the answers alone, without the question (short sequences, cheap), all perturbed
-    solutions to fresh problems. Then the pairs with their questions, a share of them the SFT model's own wrong answers
+    on the chosen one, so that grading does not crowd out the arithmetic it rests on. Warm-up: the answers alone,
+    without the question (short sequences, cheap), all perturbed solutions to fresh problems. Then the pairs with their questions, a share of them the SFT model's own wrong answers
     (sampled once and labelled by the checker), the rest perturbed solutions to fresh problems, never repeated."""
     base, tokenizer = load_base(args.model)
     sft_model = merge_adapter(base, sft_adapter)
