@@ -94,7 +94,7 @@ class Args:
     rm_token_coef: float = field(default=1.0, metadata={"help": "weight of the per-character correctness loss (is the answer still right so far?) beside the Bradley-Terry loss"})
     rm_lr: float = field(default=2e-3, metadata={"help": "AdamW peak learning rate of the reward model"})
     # 3. PPO
-    ppo_steps: int = field(default=60, metadata={"help": "PPO steps (each: sample, score, several epochs of updates)"})
+    ppo_steps: int = field(default=120, metadata={"help": "PPO steps (each: sample, score, several epochs of updates)"})
     rollout_size: int = field(default=32, metadata={"help": "completions per step and process"})
     samples_per_prompt: int = field(default=1, metadata={"help": "completions of each prompt in a rollout (rollout-size / this many prompts)"})
     oversample: int = field(default=1, metadata={"help": "sample this many times the prompts a step uses and keep those with both right and wrong completions first (with --samples-per-prompt > 1)"})
