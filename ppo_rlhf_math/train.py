@@ -120,7 +120,7 @@ class Args:
     w_brevity: float = field(default=0.1, metadata={"help": "sequence reward weight: 1 - length / max, for correct answers only"})
     w_no_eos: float = field(default=1.0, metadata={"help": "penalty when the completion hits the length limit without EOS"})
     w_slip: float = field(default=1.0, metadata={"help": "penalty on the token that writes the first arithmetic slip (process reward; 0: off)"})
-    eval_every: int = field(default=20, metadata={"help": "PPO steps between held-out evaluations"})
+    eval_every: int = field(default=40, metadata={"help": "PPO steps between held-out evaluations"})
 
 
 def str2bool(text: str) -> bool:
@@ -659,15 +659,26 @@ class RewardModel(nn.Module):
         self.body, self.norm = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False), nn.LayerNorm(dim)
         self.head, self.next_char = nn.Linear(dim, 1), nn.Linear(dim, 128)
 
-    def hidden(self, ids, segments, positions, places) -> torch.Tensor:
-        """(B, L, dim); causal, so right padding never reaches a real token."""
+    def hidden(self, ids, segments, positions, places, lengths=None) -> torch.Tensor:
+        """(B, L, dim); causal, so right padding never reaches a real token. Given the rows' lengths, the rows at most
+        half as long as the longest run as a narrower batch of their own (a word problem is two to three times as long
+        as a one-line one, and padding every row to it doubled the cost of a batch); past a narrower batch's width the
+        states are 0 (padding either way)."""
+        short = lengths <= lengths.max() // 2 if lengths is not None else None
+        if short is not None and short.any():
+            out = torch.zeros(*ids.shape, self.norm.normalized_shape[0])
+            for rows in (short, ~short):
+                width = int(lengths[rows].max())
+                out[rows, :width] = self.hidden(ids[rows, :width], segments[rows, :width], positions[rows, :width],
+                                                places[rows, :width], lengths[rows])
+            return out
         causal = nn.Transformer.generate_square_subsequent_mask(ids.shape[1])
         x = self.embed(ids) + self.position(positions) + self.segment(segments) + self.place(places)
         return self.norm(self.body(x, mask=causal, is_causal=True))
 
     def forward(self, ids, segments, positions, places, lengths) -> torch.Tensor:
         """Scores (B,) read at the last real token."""
-        return self.head(self.hidden(ids, segments, positions, places)[torch.arange(len(ids)), lengths - 1]).squeeze(-1)
+        return self.head(self.hidden(ids, segments, positions, places, lengths)[torch.arange(len(ids)), lengths - 1]).squeeze(-1)
 
     def next_char_loss(self, hidden: torch.Tensor, ids: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of every answer character given the ones before it (question characters and padding
@@ -747,13 +758,18 @@ def policy_forward(model, value_head, prompt_ids, prompt_mask, completion_ids, m
     upper_only = first > 0 and lower is not None
     inputs = {"inputs_embeds": lower} if upper_only else {"input_ids": torch.cat([prompt_ids, completion_ids], dim=1)}
     with upper_layers_only(model, first) if upper_only else contextlib.nullcontext():
-        out = model(**inputs, attention_mask=attention, position_ids=positions, output_hidden_states=True,
-                    logits_to_keep=T + 1)  # only positions that predict completion tokens go through the 49k-wide head
-    logps = torch.log_softmax(out.logits[:, :-1].float() / temperature, dim=-1)  # (B, T, V)
-    logp = logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
-    values = value_head(out.hidden_states[-1][:, -(T + 1):-1]).squeeze(-1) if value_head is not None else None
+        out = model(**inputs, attention_mask=attention, position_ids=positions, output_hidden_states=True, logits_to_keep=1)
+    states = out.hidden_states[-1][:, -(T + 1):-1]  # (B, T, H): the state before each completion token
+    # The 49k-wide head is most of a pass, so it reads only the states before real tokens (a third of the (B, T)
+    # grid is padding after EOS), packed into (N, H); the model's own head above read one position only.
+    real = mask.bool()
+    head = getattr(model, "module", model).get_output_embeddings()  # .module: under DistributedDataParallel
+    logps = torch.log_softmax(head(states[real]).float() / temperature, dim=-1)  # (N, V)
+    logp, entropy = states.new_zeros(mask.shape), states.new_zeros(mask.shape)
+    logp[real] = logps.gather(-1, completion_ids[real].unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
-        entropy = -(logps.exp() * logps).sum(-1)
+        entropy[real] = -(logps.exp() * logps).sum(-1)
+    values = value_head(states).squeeze(-1) if value_head is not None else None
     return logp, values, entropy, lower if upper_only else out.hidden_states[first].detach()
 
 
@@ -915,8 +931,8 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
     def solution_loss(rm: RewardModel, n: int) -> tuple[torch.Tensor, dict]:
         """The next-character loss on n worked solutions to fresh problems, without their questions."""
         solutions = [fresh_problem()["solution"] for _ in range(n)]
-        ids, segments, positions, places, _ = encode_for_reward([None] * n, solutions)
-        loss = rm.next_char_loss(rm.hidden(ids, segments, positions, places), ids, segments)
+        ids, segments, positions, places, lengths = encode_for_reward([None] * n, solutions)
+        loss = rm.next_char_loss(rm.hidden(ids, segments, positions, places, lengths), ids, segments)
         return loss, {"next_char_loss": loss.item()}
 
     def pair_loss(rm: RewardModel, n: int, bare: bool) -> tuple[torch.Tensor, dict]:
@@ -929,7 +945,7 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
                 batch[i] = (p["question"], p["solution"], perturb_solution(p, rng), "perturbed")
         questions = [None if bare else q for q, _, _, _ in batch]
         ids, segments, positions, places, lengths = encode_for_reward(questions + questions, [c for _, c, _, _ in batch] + [r for _, _, r, _ in batch])
-        hidden = rm.hidden(ids, segments, positions, places)
+        hidden = rm.hidden(ids, segments, positions, places, lengths)
         every_score = rm.head(hidden).squeeze(-1)  # (2n, L): the head read at every character, for the token-level loss
         scores = every_score[torch.arange(2 * n), lengths - 1]
         targets = torch.cat([prefix_targets(c, r, segments[[i, n + i]]) for i, (_, c, r, _) in enumerate(batch)])
