@@ -760,8 +760,8 @@ def policy_forward(model, value_head, prompt_ids, prompt_mask, completion_ids, m
     with upper_layers_only(model, first) if upper_only else contextlib.nullcontext():
         out = model(**inputs, attention_mask=attention, position_ids=positions, output_hidden_states=True, logits_to_keep=1)
     states = out.hidden_states[-1][:, -(T + 1):-1]  # (B, T, H): the state before each completion token
-    # The 49k-wide head is most of a pass, so it reads only the states before real tokens (a third of the (B, T)
-    # grid is padding after EOS), packed into (N, H); the model's own head above read one position only.
+    # The 49k-wide head is a large part of a pass, so it reads only the states before real tokens, packed into (N, H),
+    # not the (B, T) grid padded to the longest completion; the model's own head above read one position only.
     real = mask.bool()
     head = getattr(model, "module", model).get_output_embeddings()  # .module: under DistributedDataParallel
     logps = torch.log_softmax(head(states[real]).float() / temperature, dim=-1)  # (N, V)

@@ -154,6 +154,23 @@ def test_upper_blocks_pass_equals_the_full_pass(tiny_lm):
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-5)
 
 
+def test_policy_log_probs_match_the_models_own_head(tiny_lm):
+    """policy_forward applies the output head to real completion tokens only: the same log-probs and entropy as
+    the model's full logits there, 0 after EOS."""
+    torch.manual_seed(0)
+    model, tokenizer = train.load_base(str(tiny_lm))
+    prompt_ids, prompt_mask, completion_ids, mask = train.generate(model, tokenizer, ["1 + 2 =", "10 + 20 + 3 ="], 6, temperature=1.0)
+    mask[0, 2:] = 0  # a completion that ended early
+    logp, _, entropy, _ = train.policy_forward(model, None, prompt_ids, prompt_mask, completion_ids, mask, 0.7)
+    attention = torch.cat([prompt_mask, mask], dim=1)
+    logits = model(input_ids=torch.cat([prompt_ids, completion_ids], dim=1), attention_mask=attention,
+                   position_ids=(attention.cumsum(1) - 1).clamp(min=0)).logits[:, prompt_ids.shape[1] - 1:-1]
+    logps = torch.log_softmax(logits / 0.7, dim=-1)
+    expected = logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(logp, expected * mask, atol=1e-5) and (logp[0, 2:] == 0).all()
+    assert torch.allclose(entropy, -(logps.exp() * logps).sum(-1) * mask, atol=1e-5)
+
+
 def test_reward_components_on_hand_written_completions():
     texts = ["12 + 5 = 17\n#### 17",  # correct
              "12 + 5 = 18\n#### 18",  # wrong
@@ -214,6 +231,19 @@ def test_reward_model_reads_the_last_real_token():
     fresh = train.RewardModel(dim=16, layers=1)
     loss = fresh.next_char_loss(fresh.hidden(ids, segments, positions, places), ids, segments)
     assert torch.isfinite(loss) and loss.item() > 0
+
+
+def test_reward_model_short_rows_as_their_own_batch():
+    """Given the lengths, short rows run as a narrower batch: the same states on every real character."""
+    torch.manual_seed(0)
+    rm = train.RewardModel(dim=16, layers=1)
+    questions = ["What is 2 + 3?", "Ana has 5 apples. Ana gets 7 more and then gives away 4. How many apples does Ana have now?", None]
+    ids, segments, positions, places, lengths = train.encode_for_reward(questions, ["2 + 3 = 5\n#### 5", "5 + 7 = 12\n12 - 4 = 8\n#### 8", "#### 1"])
+    full, split = rm.hidden(ids, segments, positions, places), rm.hidden(ids, segments, positions, places, lengths)
+    real = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+    assert lengths[0] <= lengths.max() // 2 and torch.allclose(full[real], split[real], atol=1e-5)
+    split[real].sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for n, p in rm.named_parameters() if not n.startswith(("head", "next_char")))
 
 
 def test_prefix_targets_mark_the_first_wrong_digit():
