@@ -5,6 +5,7 @@ reward model's pairwise accuracy on its held-out pairs.
     python ppo_rlhf_math/eval.py --stage sft --json      # the SFT model alone (PPO's start and reference)
     python ppo_rlhf_math/eval.py --stage base --json     # the untouched SmolLM2-135M-Instruct, same problems and prompt
     python ppo_rlhf_math/eval.py --problems my.jsonl     # your own {"question": ..., "answer": ...} lines
+    python ppo_rlhf_math/eval.py --unseen 400 --json     # 400 problems whose names and items no stage trains on
     python ppo_rlhf_math/eval.py --stage reward --json   # the shipped reward model on its 100 held-out problems' pairs
     python ppo_rlhf_math/eval.py --stage sft --pass-at 8   # also 8 samples a problem: what re-weighting them could reach
     python ppo_rlhf_math/eval.py --prompt "Ava has 12 apples and eats 5. How many are left?"
@@ -28,8 +29,15 @@ from pathlib import Path
 
 import torch
 
-from train import (SHIPPED, Args, build_prompt, decode, evaluate, extract_answer, generate, heldout_pairs, heldout_problems, load_base, load_problems,
-                   load_reward_model, merge_adapter, pairwise_accuracy, result_digit_accuracy)
+from train import (SHIPPED, Args, build_prompt, decode, distinct_problems, evaluate, extract_answer, generate, heldout_pairs, heldout_problems,
+                   load_base, load_problems, load_reward_model, merge_adapter, pairwise_accuracy, result_digit_accuracy)
+
+# --unseen: word problems with names and items that no stage trains on (train.NAMES and train.ITEMS are the trained
+# ones), drawn from their own seed. A one-line question ('What is 47 + 38?') has nothing to rename, and its space is
+# small (8,100 sums, 121 products), so training prompts include many of them, as in grpo_lm/unseen_problems.jsonl.
+UNSEEN_NAMES = ["Ella", "Finn", "Tom", "Rosa", "Hugo", "Lena", "Kai", "Iris", "Theo", "Maya", "Jonas", "Priya"]
+UNSEEN_ITEMS = ["feathers", "balloons", "muffins", "buttons", "crayons", "beads", "pebbles", "tickets", "ribbons", "acorns"]
+UNSEEN_SEED = 4242
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="--stage reward: the worked-solution style the reward stage was trained with (train.py --solutions)")
     parser.add_argument("--problems", default="", help="JSONL file of {question, answer} lines (default: built-in held-out set)")
     parser.add_argument("--n", type=int, default=200, help="number of built-in held-out problems")
+    parser.add_argument("--unseen", type=int, default=0, metavar="N",
+                        help="instead: N problems whose word problems use names and items no stage trains on (none of them held out)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per answer (as in training)")
     parser.add_argument("--batch-size", type=int, default=32, help="problems per generate call")
     parser.add_argument("--samples", type=int, default=3, help="completions to print")
@@ -60,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--pass-at must be 0 (off) or more")
     if args.problems and not Path(args.problems).is_file():
         parser.error(f"--problems {args.problems!r} is not a file")
+    if args.unseen < 0 or (args.unseen and args.problems):
+        parser.error("--unseen takes a positive number of problems, and not with --problems")
     if args.stage == "reward" and (args.prompt or args.problems):
         parser.error("--stage reward measures the reward model on its own held-out pairs; --prompt and --problems are for the other stages")
     if args.stage == "reward" and not (Path(args.reward_dir) / "reward_model.pt").is_file():
@@ -134,7 +146,11 @@ def main() -> None:
         _, _, ids, mask = generate(model, tokenizer, [build_prompt(tokenizer, args.prompt)], args.max_new_tokens)
         print(decode(tokenizer, ids, mask)[0])
         return
-    problems = load_problems(args.problems) if args.problems else heldout_problems(args.n)
+    if args.unseen:
+        held = {p["question"] for p in heldout_problems(args.n)}
+        problems = distinct_problems(UNSEEN_SEED, args.unseen, held, UNSEEN_NAMES, UNSEEN_ITEMS)
+    else:
+        problems = load_problems(args.problems) if args.problems else heldout_problems(args.n)
     metrics, completions = evaluate(model, tokenizer, problems, args.max_new_tokens, args.batch_size)
     for problem, completion in list(zip(problems, completions))[:args.samples]:
         print(f"Q: {problem['question']}  (answer {problem['answer']})\nA: {completion}\n")

@@ -181,9 +181,10 @@ ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "coins"
 INSTRUCTION = "Give the final answer on the last line in the form '#### <number>'."
 
 
-def make_problem(rng: random.Random) -> dict:
+def make_problem(rng: random.Random, names: list[str] = NAMES, items: list[str] = ITEMS) -> dict:
     """{question, answer, solution}: the same draws as grpo_lm's make_problem (so the same held-out questions),
-    plus the worked solution SFT learns from: one line of arithmetic per step, then '#### <answer>'."""
+    plus the worked solution SFT learns from: one line of arithmetic per step, then '#### <answer>'. Word problems
+    take their names and items from the lists given (eval.py's --unseen passes ones no stage trains on)."""
     kind = rng.choice(["add", "sub", "mul", "word"])
     if kind in ("add", "sub", "mul"):
         if kind == "add":
@@ -197,7 +198,7 @@ def make_problem(rng: random.Random) -> dict:
             a, b = rng.randint(2, 12), rng.randint(2, 12)
             op, result = "*", a * b
         return {"question": f"What is {a} {op} {b}?", "answer": str(result), "solution": f"{a} {op} {b} = {result}\n#### {result}"}
-    name, item, template = rng.choice(NAMES), rng.choice(ITEMS), rng.randrange(3)
+    name, item, template = rng.choice(names), rng.choice(items), rng.randrange(3)
     if template == 0:
         a, b = rng.randint(5, 30), rng.randint(2, 20)
         c = rng.randint(1, a + b - 1)
@@ -216,11 +217,11 @@ def make_problem(rng: random.Random) -> dict:
             "solution": f"{a} + {b} = {a + b}\n{a + b} + {c} = {a + b + c}\n#### {a + b + c}"}
 
 
-def distinct_problems(seed: int, n: int, exclude: set[str] = frozenset()) -> list[dict]:
+def distinct_problems(seed: int, n: int, exclude: set[str] = frozenset(), names: list[str] = NAMES, items: list[str] = ITEMS) -> list[dict]:
     """The first n distinct problems drawn from `seed` whose question is not in `exclude`."""
     rng, seen, problems = random.Random(seed), set(exclude), []
     while len(problems) < n:
-        p = make_problem(rng)
+        p = make_problem(rng, names, items)
         if p["question"] not in seen:
             seen.add(p["question"])
             problems.append(p)

@@ -57,6 +57,16 @@ def test_heldout_set_is_grpo_lm_s():
     assert all(train.extract_answer(p["solution"]) == p["answer"] for p in ours)  # worked solutions are right
 
 
+def test_unseen_problems_use_names_and_items_no_stage_trains_on():
+    evaluate = load_script("ppo_rlhf_math", "eval")
+    held = {p["question"] for p in train.heldout_problems(200)}
+    problems = train.distinct_problems(evaluate.UNSEEN_SEED, 100, held, evaluate.UNSEEN_NAMES, evaluate.UNSEEN_ITEMS)
+    words = [p["question"] for p in problems if evaluate.problem_kind(p["question"]) == "word"]
+    assert len({p["question"] for p in problems} - held) == 100 and len(words) > 10
+    assert not any(name in q.split() for q in words for name in train.NAMES + train.ITEMS)
+    assert all(train.extract_answer(p["solution"]) == p["answer"] for p in problems)
+
+
 def test_split_solutions_step_tens_then_units():
     split = [train.in_style(p, "split") for p in train.distinct_problems(3, 80)]
     assert train.in_style({"question": "What is 61 - 37?", "answer": "24", "solution": "61 - 37 = 24\n#### 24"},
@@ -314,6 +324,8 @@ def test_eval_json_for_each_stage(tiny_pipeline, tiny_lm):
         metrics = json.loads(result.stdout.strip().splitlines()[-1])
         assert list(metrics)[-1] == "n" and metrics["n"] == 3 and 0 <= metrics["accuracy"] <= 1
         assert "by kind: " in result.stderr  # accuracy per kind of problem (add, sub, mul, word)
+    result = run("eval.py", "--stage", "base", "--model", str(tiny_lm), "--unseen", "3", "--max-new-tokens", "4", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout.strip().splitlines()[-1])["n"] == 3, result.stderr
     result = run("eval.py", "--stage", "sft", "--model", str(tiny_lm), "--sft-adapter", str(out / "sft" / "adapter"), "--n", "3",
                  "--max-new-tokens", "4", "--pass-at", "3", "--json")
     assert result.returncode == 0, result.stderr
@@ -351,6 +363,8 @@ def test_bad_inputs_give_one_clear_error(tmp_path):
     assert result.returncode != 0 and "no adapter" in result.stderr and "Traceback" not in result.stderr
     result = run("eval.py", "--stage", "reward", "--reward-dir", str(tmp_path / "missing"))
     assert result.returncode == 2 and "no reward model" in result.stderr
+    result = run("eval.py", "--unseen", "5", "--problems", __file__)
+    assert result.returncode == 2 and "--unseen" in result.stderr
     result = run("train.py", "--ppo-lora-layers", "-1")
     assert result.returncode == 2 and "--ppo-lora-layers" in result.stderr and "must be 0 or more" in result.stderr
     result = run("train.py", "--rollout-size", "30", "--samples-per-prompt", "4")
