@@ -340,12 +340,14 @@ def test_eval_json_for_each_stage(tiny_pipeline, tiny_lm):
 
 
 def test_shipped_files_load():
-    """The shipped reward model loads and prefers a right worked solution to the same one with a slip; the shipped
-    adapters are LoRA adapters of the rank train.py uses."""
+    """The shipped reward model loads and mostly prefers the worked solution to the same one with a slip (perturbed
+    pairs on its 100 held-out problems; eval.py --stage reward measures 0.91 on these with the SFT model's answers
+    too); the shipped adapters are LoRA adapters of the rank train.py uses."""
     rm = train.load_reward_model(FOLDER / "reward_model")
-    question = "What is 61 - 37?"
-    right, slip = rm.score([question] * 2, ["61 - 30 = 31\n31 - 7 = 24\n#### 24", "61 - 30 = 31\n31 - 7 = 34\n#### 34"])
-    assert right > slip
+    held = {p["question"] for p in train.heldout_problems(200)}
+    problems = [train.in_style(p, "split") for p in train.distinct_problems(train.RM_HELDOUT_SEED, 100, held)]
+    pairs = train.preference_pairs(problems, [[] for _ in problems], random.Random(0))  # one perturbed pair each
+    assert len(pairs) == 100 and train.pairwise_accuracy(rm, pairs)["perturbed"] >= 0.8
     for adapter in ("sft_adapter", "ppo_adapter"):
         config = json.loads((FOLDER / adapter / "adapter_config.json").read_text())
         assert config["r"] == train.Args().lora_r and (FOLDER / adapter / "adapter_model.safetensors").is_file()
