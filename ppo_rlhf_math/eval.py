@@ -147,7 +147,7 @@ def main() -> None:
         print(decode(tokenizer, ids, mask)[0])
         return
     if args.unseen:
-        held = {p["question"] for p in heldout_problems(args.n)}
+        held = {p["question"] for p in heldout_problems(Args().eval_size)}  # the whole held-out set, whatever --n
         problems = distinct_problems(UNSEEN_SEED, args.unseen, held, UNSEEN_NAMES, UNSEEN_ITEMS)
     else:
         problems = load_problems(args.problems) if args.problems else heldout_problems(args.n)
