@@ -15,9 +15,11 @@ Notebook: notebooks/01_returns_and_reinforce.ipynb walks through the math below.
 import argparse
 import csv
 import dataclasses
+import math
 import os
 import random
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,25 +44,14 @@ class Args:
     solve_score: float = field(default=475.0, metadata={"help": "moving-average return that counts as solved (CartPole-v1's threshold)"})
     solve_window: int = field(default=100, metadata={"help": "episodes in the moving average"})
     eval_episodes: int = field(default=100, metadata={"help": "greedy episodes that confirm a solve"})
-    out: str = field(default="", metadata={"help": "run directory (default runs/cartpole_reinforce_s<seed>; never overwritten)"})
-    save_to: str = field(default="", metadata={"help": "also copy the final weights here (e.g. cartpole_reinforce/policy.pt)"})
+    out: str = field(default="", metadata={
+        "help": "run directory, new or empty (default: the first free one of "
+                "runs/cartpole_reinforce_s<seed>, -2, -3 ...)"})
+    save_to: str = field(default="", metadata={
+        "help": "also copy the final weights to this .pt file: a new one, or a checkpoint of this script "
+                "to replace (e.g. cartpole_reinforce/policy.pt)"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (a 4-128-2 MLP is fastest on one)"})
     log_every: int = field(default=50, metadata={"help": "print a summary line every N episodes"})
-
-
-def parse_args(argv=None) -> Args:
-    """argparse built from the dataclass, so `--help` shows every field's help text."""
-    parser = argparse.ArgumentParser(description="REINFORCE on CartPole-v1.")
-    for f in dataclasses.fields(Args):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=f.type, default=f.default, help=f.metadata["help"])
-    args = Args(**vars(parser.parse_args(argv)))
-    if args.max_episodes <= 0 or args.eval_episodes <= 0 or args.solve_window <= 0:
-        parser.error("--max-episodes, --eval-episodes and --solve-window must be positive")
-    if not 0.0 <= args.gamma <= 1.0:
-        parser.error("--gamma must be in [0, 1]")
-    if args.lr <= 0 or args.hidden <= 0 or args.threads <= 0:
-        parser.error("--lr, --hidden and --threads must be positive")
-    return args
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,8 +82,13 @@ class Policy(nn.Module):
 def load_policy(path) -> Policy:
     """Load a state_dict written by this script; raise ValueError with one readable sentence."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"weights file not found: {path}")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a plain file"
+        raise ValueError(f"{path} is {kind}, not a weights file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"weights file {path} is empty")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         hidden = state["net.0.weight"].shape[0]
@@ -164,18 +160,6 @@ def evaluate(policy: Policy, episodes: int, seed: int, greedy: bool = True) -> l
 # ---------------------------------------------------------------------------------------------
 # Logging helpers
 # ---------------------------------------------------------------------------------------------
-def fresh_run_dir(requested: str, default: str) -> Path:
-    """The run directory, never an existing one: a taken name gets a numbered suffix (and we say so)."""
-    base = Path(requested or default)
-    path, n = base, 1
-    while path.exists() and any(path.iterdir()):
-        path, n = base.with_name(f"{base.name}_{n}"), n + 1
-    if path != base:
-        print(f"{base} already holds a run; writing to {path} instead", file=sys.stderr)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def plot_learning_curve(rows: list[dict], args: Args, path: Path) -> None:
     import matplotlib
 
@@ -209,7 +193,7 @@ def train(args: Args) -> dict:
 
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    run_dir = fresh_run_dir(args.out, f"runs/cartpole_reinforce_s{args.seed}")
+    run_dir = make_run_dir(args)
     writer = SummaryWriter(str(run_dir))
     env = make_env()
     env.action_space.seed(args.seed)
@@ -265,7 +249,8 @@ def train(args: Args) -> dict:
     if args.save_to:
         target = Path(args.save_to)
         if target.exists():
-            print(f"overwriting {target} as asked by --save-to", file=sys.stderr)
+            print(f"replacing {target} (a cartpole_reinforce checkpoint) as asked by --save-to",
+                  file=sys.stderr)
         target.parent.mkdir(parents=True, exist_ok=True)
         torch.save(policy.state_dict(), target)
 
@@ -278,6 +263,109 @@ def train(args: Args) -> dict:
 def main(argv=None) -> int:
     train(parse_args(argv))
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Plumbing: the command line, and every flag checked before anything runs
+# ---------------------------------------------------------------------------------------------
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each flag's default, except the empty and off ones."""
+
+    def _get_help_string(self, action):
+        quiet = action.default is None or action.default is False or action.default == ""
+        return action.help if quiet else super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the defaults in `--help`, and every error as one line `error: ...` (exit status 2)."""
+
+    def __init__(self, description: str):
+        super().__init__(description=description, formatter_class=HelpFormatter)
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
+def parse_args(argv=None) -> Args:
+    """argparse built from the dataclass, so `--help` shows every field's help text. Every flag is checked
+    here, before anything is trained: an error is one line that names the flag."""
+    parser = Parser("REINFORCE on CartPole-v1.")
+    for f in dataclasses.fields(Args):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=f.type, default=f.default,
+                            help=f.metadata["help"])
+    args = Args(**vars(parser.parse_args(argv)))
+    for name in ("max_episodes", "eval_episodes", "solve_window", "log_every", "hidden", "threads", "lr"):
+        if not 0 < getattr(args, name) < math.inf:
+            parser.error(f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}")
+    if not 0.0 <= args.gamma <= 1.0:
+        parser.error(f"--gamma must be in [0, 1], got {args.gamma}")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be in 0 .. 2**32 - 1 (numpy's range), got {args.seed}")
+    try:
+        check_outputs(args)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
+
+
+def can_write_in(path: Path) -> bool:
+    """Whether files can be made in the directory `path`, which may not exist yet: the nearest existing one
+    of it and its parents must be a directory in which a probe directory can be made (and removed at once,
+    so that the check leaves nothing behind)."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        return False
+    try:
+        tempfile.TemporaryDirectory(dir=path).cleanup()
+    except OSError:
+        return False
+    return True
+
+
+def check_outputs(args: Args) -> Path:
+    """Check --out and --save-to before anything runs; return the run directory (not created yet).
+    A run directory is new or empty; --save-to is a new .pt file or a checkpoint of this script (replaced).
+    Anything else is never overwritten: ValueError, one line that names the flag."""
+    if args.out:
+        run_dir = Path(args.out)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ValueError(f"--out {run_dir} exists and is not a directory; pass another --out")
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise ValueError(f"--out {run_dir} exists and is not empty; "
+                             "pass another --out (runs are never overwritten)")
+    else:  # the first free one of runs/cartpole_reinforce_s<seed>, ...-2, ...-3
+        base = run_dir = Path(f"runs/cartpole_reinforce_s{args.seed}")
+        n = 2
+        while run_dir.exists() and not (run_dir.is_dir() and not any(run_dir.iterdir())):
+            run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+    if not can_write_in(run_dir):
+        raise ValueError(f"--out {run_dir} cannot be created (pass another --out)")
+    if args.save_to:
+        target = Path(args.save_to)
+        if target.suffix != ".pt":
+            raise ValueError(f"--save-to {target} must be a .pt file")
+        if target.is_dir():
+            raise ValueError(f"--save-to {target} is a directory; name a .pt file")
+        if target.exists():
+            try:
+                load_policy(target)
+            except ValueError:
+                raise ValueError(f"--save-to {target} exists and is not a cartpole_reinforce checkpoint; "
+                                 "it is never overwritten") from None
+        if not can_write_in(target.parent):
+            raise ValueError(f"--save-to {target} cannot be created (its folder cannot be made or written)")
+    return run_dir
+
+
+def make_run_dir(args: Args) -> Path:
+    """Create the run directory once the outputs are checked (a failed check leaves no directory behind)."""
+    run_dir = check_outputs(args)  # again: train() may be called without parse_args
+    if not args.out:
+        print(f"writing the run to {run_dir} (pass --out to choose another directory)", file=sys.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +37,13 @@ SHIPPED_WEIGHTS = FOLDER / "agent.pt"
 
 @dataclass
 class Args:
-    env_id: str = field(default="LunarLander-v3", metadata={"help": "any Gymnasium env with a Discrete or Box action space"})
+    env_id: str = field(default="LunarLander-v3", metadata={
+        "help": "any Gymnasium env with flat Box observations and Discrete or flat Box actions"})
     continuous: bool = field(default=False, metadata={"help": "LunarLander only: continuous engines (Gaussian policy)"})
     wind: bool = field(default=False, metadata={"help": "LunarLander only: turn on wind and turbulence"})
     seed: int = field(default=1, metadata={"help": "seed for python, numpy, torch and the envs"})
-    total_timesteps: int = field(default=1_000_000, metadata={"help": "environment steps to train for"})
+    total_timesteps: int = field(default=1_000_000, metadata={
+        "help": "environment steps to train for (rounded to whole rollouts of num_envs * num_steps)"})
     num_envs: int = field(default=16, metadata={"help": "parallel environments"})
     num_steps: int = field(default=128, metadata={"help": "steps per env per rollout (batch = num_envs * num_steps)"})
     async_envs: bool = field(default=False, metadata={"help": "step the envs in subprocesses (AsyncVectorEnv)"})
@@ -61,47 +64,13 @@ class Args:
     eval_every: int = field(default=32_768, metadata={"help": "env steps between deterministic evaluations"})
     eval_episodes: int = field(default=20, metadata={"help": "greedy episodes per periodic evaluation"})
     stop_score: float = field(default=math.inf, metadata={"help": "stop once a periodic greedy evaluation, confirmed over 100 more episodes, reaches this mean"})
-    out: str = field(default="", metadata={"help": "run directory (default runs/ppo_<env>_s<seed>; never overwritten)"})
-    save_to: str = field(default="", metadata={"help": "also copy the best checkpoint here (e.g. lunarlander_ppo/agent.pt)"})
+    out: str = field(default="", metadata={
+        "help": "run directory, new or empty (default: the first free one of runs/ppo_<env>_s<seed>, "
+                "-2, -3 ...)"})
+    save_to: str = field(default="", metadata={
+        "help": "also copy the best checkpoint to this .pt file: a new one, or a checkpoint of this script "
+                "to replace (e.g. lunarlander_ppo/agent.pt)"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (small MLPs run fastest on one)"})
-
-
-def str2bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def parse_args(argv=None) -> Args:
-    """argparse built from the dataclass: `--flag` for booleans that default to off, `--flag false` otherwise."""
-    parser = argparse.ArgumentParser(description="PPO with GAE on LunarLander-v3 (or any Gymnasium env).")
-    for f in dataclasses.fields(Args):
-        name = "--" + f.name.replace("_", "-")
-        if f.type is bool and not f.default:
-            parser.add_argument(name, action="store_true", help=f.metadata["help"])
-        elif f.type is bool:
-            parser.add_argument(name, type=str2bool, nargs="?", const=True, default=True, help=f.metadata["help"] + " (default true)")
-        else:
-            parser.add_argument(name, type=f.type, default=f.default, help=f.metadata["help"])
-    args = Args(**vars(parser.parse_args(argv)))
-    positive = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden",
-                "eval_every", "eval_episodes", "threads", "learning_rate")
-    for name in positive:
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    if (args.num_envs * args.num_steps) % args.num_minibatches:
-        parser.error("--num-minibatches must divide num_envs * num_steps")
-    if not (0 <= args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
-        parser.error("--gamma and --gae-lambda must be in [0, 1]")
-    if (args.continuous or args.wind) and not args.env_id.startswith("LunarLander"):
-        parser.error("--continuous and --wind apply to LunarLander only")
-    try:
-        gym.spec(args.env_id)
-    except gym.error.Error as err:
-        parser.error(f"unknown --env-id {args.env_id!r} ({type(err).__name__})")
-    return args
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,11 +156,10 @@ class Agent(nn.Module):
 
 def build_agent(env: gym.vector.VectorEnv, hidden: int) -> Agent:
     obs_space, act_space = env.single_observation_space, env.single_action_space
+    check_spaces(obs_space, act_space)  # a flat Box of observations; Discrete or flat Box actions
     if isinstance(act_space, gym.spaces.Discrete):
         return Agent(int(np.prod(obs_space.shape)), int(act_space.n), continuous=False, hidden=hidden)
-    if isinstance(act_space, gym.spaces.Box):
-        return Agent(int(np.prod(obs_space.shape)), int(np.prod(act_space.shape)), continuous=True, hidden=hidden)
-    raise ValueError(f"action space {act_space} is neither Discrete nor Box")
+    return Agent(int(np.prod(obs_space.shape)), int(np.prod(act_space.shape)), continuous=True, hidden=hidden)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,8 +265,13 @@ def save_checkpoint(agent: Agent, args: Args, path: Path) -> None:
 def load_checkpoint(path) -> tuple[Agent, dict]:
     """Rebuild an agent from a checkpoint; raise ValueError with one readable sentence."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"weights file not found: {path}")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a plain file"
+        raise ValueError(f"{path} is {kind}, not a weights file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"weights file {path} is empty")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         state = ckpt["state_dict"]
@@ -309,18 +282,6 @@ def load_checkpoint(path) -> tuple[Agent, dict]:
     except Exception as err:
         raise ValueError(f"cannot read a PPO checkpoint from {path}: {type(err).__name__}") from None
     return agent.eval(), ckpt
-
-
-def fresh_run_dir(requested: str, default: str) -> Path:
-    """The run directory, never an existing one: a taken name gets a numbered suffix (and we say so)."""
-    base = Path(requested or default)
-    path, n = base, 1
-    while path.exists() and any(path.iterdir()):
-        path, n = base.with_name(f"{base.name}_{n}"), n + 1
-    if path != base:
-        print(f"{base} already holds a run; writing to {path} instead", file=sys.stderr)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def plot_learning_curve(episodes: list[tuple], evals: list[tuple], title: str, path: Path) -> None:
@@ -354,7 +315,7 @@ def train(args: Args) -> dict:
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    run_dir = fresh_run_dir(args.out, f"runs/ppo_{args.env_id}_s{args.seed}")
+    run_dir = make_run_dir(args)
     writer = SummaryWriter(str(run_dir))
     env = make_vector_env(args, args.num_envs, args.async_envs)
     env.action_space.seed(args.seed)
@@ -494,7 +455,7 @@ def train(args: Args) -> dict:
     if args.save_to:
         target = Path(args.save_to)
         if target.exists():
-            print(f"overwriting {target} as asked by --save-to", file=sys.stderr)
+            print(f"replacing {target} (a lunarlander_ppo checkpoint) as asked by --save-to", file=sys.stderr)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes((run_dir / "best.pt").read_bytes())
     print(f"trained {global_step} steps in {train_seconds:.1f} s ({int(global_step / train_seconds)} steps/s); "
@@ -508,6 +469,165 @@ def train(args: Args) -> dict:
 def main(argv=None) -> int:
     train(parse_args(argv))
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Plumbing: the command line, and every flag checked before anything runs
+# ---------------------------------------------------------------------------------------------
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each flag's default, except the empty and off ones."""
+
+    def _get_help_string(self, action):
+        quiet = action.default is None or action.default is False or action.default == ""
+        return action.help if quiet else super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the defaults in `--help`, and every error as one line `error: ...` (exit status 2)."""
+
+    def __init__(self, description: str):
+        super().__init__(description=description, formatter_class=HelpFormatter)
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
+def str2bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_args(argv=None) -> Args:
+    """argparse built from the dataclass: `--flag` for booleans that default to off, `--flag false` otherwise.
+    Every flag is checked here, before anything is trained: an error is one line that names the flag."""
+    parser = Parser("PPO with GAE on LunarLander-v3 (or any Gymnasium env).")
+    for f in dataclasses.fields(Args):
+        name = "--" + f.name.replace("_", "-")
+        if f.type is bool and not f.default:
+            parser.add_argument(name, action="store_true", help=f.metadata["help"])
+        elif f.type is bool:
+            parser.add_argument(name, type=str2bool, nargs="?", const=True, default=True,
+                                help=f.metadata["help"])
+        else:
+            parser.add_argument(name, type=f.type, default=f.default, help=f.metadata["help"])
+    args = Args(**vars(parser.parse_args(argv)))
+    positive = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden",
+                "eval_every", "eval_episodes", "threads", "learning_rate")
+    for name in positive:
+        if not 0 < getattr(args, name) < math.inf:
+            parser.error(f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}")
+    batch = args.num_envs * args.num_steps
+    if batch % args.num_minibatches:
+        parser.error(f"--num-minibatches must divide num_envs * num_steps = {batch}")
+    if not (0 <= args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
+        parser.error("--gamma and --gae-lambda must be in [0, 1]")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be in 0 .. 2**32 - 1 (numpy's range), got {args.seed}")
+    if (args.continuous or args.wind) and not args.env_id.startswith("LunarLander"):
+        parser.error("--continuous and --wind apply to LunarLander only")
+    try:
+        check_env(args.env_id, args.continuous, args.wind)
+    except ValueError as err:
+        parser.error(f"--env-id {err}")
+    try:
+        check_outputs(args)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.total_timesteps % batch:
+        updates = max(1, args.total_timesteps // batch)
+        print(f"--total-timesteps {args.total_timesteps} is not a whole number of rollouts of {batch} steps: "
+              f"training for {updates} x {batch} = {updates * batch} steps", file=sys.stderr)
+    return args
+
+
+def check_spaces(obs_space: gym.Space, act_space: gym.Space) -> None:
+    """The spaces the agent's MLPs take: a flat Box of observations, Discrete or flat Box actions.
+    ValueError, one line, for any other."""
+    if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
+        raise ValueError(f"observations are {obs_space}; this PPO takes a flat Box (a vector of numbers)")
+    if not (isinstance(act_space, gym.spaces.Discrete) or
+            (isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1)):
+        raise ValueError(f"actions are {act_space}; this PPO takes Discrete or a flat Box")
+
+
+def check_env(env_id: str, continuous: bool, wind: bool) -> None:
+    """Make the env once, to see that it exists, that what it needs is installed and that its spaces fit.
+    ValueError, one line that starts with the env id."""
+    try:
+        env = gym.make(env_id, **env_kwargs(env_id, continuous, wind))
+    except ModuleNotFoundError as err:
+        raise ValueError(f"{env_id} needs {err.name}, not installed: pip install {err.name}") from None
+    except Exception as err:  # unknown or deprecated ids, DependencyNotInstalled (it names the pip command)
+        raise ValueError(f"{env_id}: {' '.join(str(err).split())}") from None
+    try:
+        check_spaces(env.observation_space, env.action_space)
+    except ValueError as err:
+        raise ValueError(f"{env_id}: {err}") from None
+    finally:
+        env.close()
+
+
+def can_write_in(path: Path) -> bool:
+    """Whether files can be made in the directory `path`, which may not exist yet: the nearest existing one
+    of it and its parents must be a directory in which a probe directory can be made (and removed at once,
+    so that the check leaves nothing behind)."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        return False
+    try:
+        tempfile.TemporaryDirectory(dir=path).cleanup()
+    except OSError:
+        return False
+    return True
+
+
+def check_outputs(args: Args) -> Path:
+    """Check --out and --save-to before anything runs; return the run directory (not created yet).
+    A run directory is new or empty; --save-to is a new .pt file or a checkpoint of this script (replaced).
+    Anything else is never overwritten: ValueError, one line that names the flag."""
+    if args.out:
+        run_dir = Path(args.out)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ValueError(f"--out {run_dir} exists and is not a directory; pass another --out")
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise ValueError(f"--out {run_dir} exists and is not empty; "
+                             "pass another --out (runs are never overwritten)")
+    else:  # the first free one of runs/ppo_<env>_s<seed>, ...-2, ...-3
+        base = run_dir = Path(f"runs/ppo_{args.env_id}_s{args.seed}")
+        n = 2
+        while run_dir.exists() and not (run_dir.is_dir() and not any(run_dir.iterdir())):
+            run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+    if not can_write_in(run_dir):
+        raise ValueError(f"--out {run_dir} cannot be created (pass another --out)")
+    if args.save_to:
+        target = Path(args.save_to)
+        if target.suffix != ".pt":
+            raise ValueError(f"--save-to {target} must be a .pt file")
+        if target.is_dir():
+            raise ValueError(f"--save-to {target} is a directory; name a .pt file")
+        if target.exists():
+            try:
+                load_checkpoint(target)
+            except ValueError:
+                raise ValueError(f"--save-to {target} exists and is not a lunarlander_ppo checkpoint; "
+                                 "it is never overwritten") from None
+        if not can_write_in(target.parent):
+            raise ValueError(f"--save-to {target} cannot be created (its folder cannot be made or written)")
+    return run_dir
+
+
+def make_run_dir(args: Args) -> Path:
+    """Create the run directory once the outputs are checked (a failed check leaves no directory behind)."""
+    run_dir = check_outputs(args)  # again: train() may be called without parse_args
+    if not args.out:
+        print(f"writing the run to {run_dir} (pass --out to choose another directory)", file=sys.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
 
 
 if __name__ == "__main__":

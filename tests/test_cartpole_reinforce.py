@@ -38,6 +38,7 @@ def test_standardize_and_loss():
 
 
 def test_tiny_training_run(tmp_path):
+    (tmp_path / "run").mkdir()  # an existing empty directory is a fine --out
     summary = train.train(train.Args(seed=0, max_episodes=20, eval_episodes=2, out=str(tmp_path / "run"), log_every=10))
     run_dir = tmp_path / "run"
     for name in ("metrics.csv", "learning_curve.png", "policy.pt"):
@@ -52,8 +53,9 @@ def test_tiny_training_run(tmp_path):
 def test_run_dir_is_never_overwritten(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("earlier run")
-    summary = train.train(train.Args(seed=0, max_episodes=2, eval_episodes=1, out=str(tmp_path / "run")))
-    assert summary["run_dir"].endswith("run_1")
+    with pytest.raises(ValueError, match="exists and is not empty"):  # train() checks --out, not only the CLI
+        train.train(train.Args(seed=0, max_episodes=2, eval_episodes=1, out=str(tmp_path / "run")))
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["keep.txt"]
     assert (tmp_path / "run" / "keep.txt").read_text() == "earlier run"
 
 

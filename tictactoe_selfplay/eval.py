@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import (SHIPPED_WEIGHTS, exhaustive_losing_lines, free_cells, greedy_policy, load_network,  # noqa: E402
-                   minimax_moves, outcome_rates, play, to_move, winner)
+from train import (SHIPPED_WEIGHTS, Parser, exhaustive_losing_lines, free_cells, greedy_policy,  # noqa: E402
+                   load_network, minimax_moves, outcome_rates, play, to_move, winner)
 
 
 class Agent:
@@ -62,8 +62,8 @@ def match_rates(agent_move, opponent_move, games: int, agent_plays: int) -> dict
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Evaluate the Tic-Tac-Toe self-play agent.")
-    parser.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="state_dict to load (default: the shipped one)")
+    parser = Parser("Evaluate the Tic-Tac-Toe self-play agent.")
+    parser.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="state_dict to load")
     parser.add_argument("--games", type=int, default=1000, help="games per opponent and side")
     parser.add_argument("--seed", type=int, default=0, help="seed of the opponents' random choices")
     parser.add_argument("--exhaustive", action="store_true", help="count losing lines over every opponent move sequence")
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     try:
         agent = load_agent(args.weights)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: --weights: {err}", file=sys.stderr)
         return 1
     results = {}
     if args.exhaustive:

@@ -5,14 +5,13 @@
 
 Type the number of a free cell (1 is top-left, 9 bottom-right); q, Ctrl-C or Ctrl-D quits.
 """
-import argparse
 import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval import load_agent  # noqa: E402
-from train import SHIPPED_WEIGHTS, winner  # noqa: E402
+from train import SHIPPED_WEIGHTS, Parser, winner  # noqa: E402
 
 MARKS = {1: "X", -1: "O"}
 
@@ -44,7 +43,7 @@ def read_move(board, input_fn, output_fn) -> int:
         text = ask(input_fn, "Your move (1-9, q to quit): ")
         if not text:
             output_fn("Type the number of a free cell, 1 to 9 (or q to quit).")
-        elif not text.isdigit():
+        elif not text.isdecimal():  # not isdigit(): '²' is a digit, but int('²') fails
             output_fn(f"'{text}' is not a number: type a free cell, 1 to 9 (or q to quit).")
         elif not 1 <= int(text) <= 9:
             output_fn(f"There is no cell {int(text)}: the cells are numbered 1 to 9.")
@@ -95,14 +94,14 @@ def play_session(agent, first: str = "random", input_fn=input, output_fn=print, 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Play Tic-Tac-Toe against the self-play agent.")
+    parser = Parser("Play Tic-Tac-Toe against the self-play agent.")
     parser.add_argument("--first", choices=("human", "agent", "random"), default="random", help="who plays X and starts")
-    parser.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="agent weights (default: the shipped ones)")
+    parser.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="agent weights")
     args = parser.parse_args(argv)
     try:
         agent = load_agent(args.weights)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: --weights: {err}", file=sys.stderr)
         return 1
     play_session(agent, args.first)
     return 0

@@ -19,8 +19,10 @@ import argparse
 import copy
 import csv
 import dataclasses
+import math
 import random
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -40,7 +42,8 @@ LINES = [(0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4
 @dataclass
 class Args:
     seed: int = field(default=0, metadata={"help": "seed for python, numpy, torch and the envs"})
-    games: int = field(default=1_000_000, metadata={"help": "training games at most (training usually stops long before)"})
+    games: int = field(default=1_000_000, metadata={
+        "help": "training games at most, rounded to whole batches (training usually stops long before)"})
     games_per_update: int = field(default=64, metadata={"help": "games in each actor-critic batch"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     gamma: float = field(default=0.95, metadata={"help": "discount per own move: a quicker win is worth more"})
@@ -56,26 +59,12 @@ class Args:
     eval_every: int = field(default=25, metadata={"help": "updates between evaluations (exact, over the whole game tree)"})
     stop_win_x: float = field(default=0.97, metadata={"help": "stop once there are no losing lines and the win rate vs random as X is at least this"})
     stop_win_o: float = field(default=0.85, metadata={"help": "... and as O at least this (the best never-losing policy reaches 0.995 and 0.916)"})
-    out: str = field(default="", metadata={"help": "run directory (default runs/tictactoe_s<seed>; never overwritten)"})
-    save_to: str = field(default="", metadata={"help": "also copy the best checkpoint here (e.g. tictactoe_selfplay/agent.pt)"})
-
-
-def parse_args(argv=None) -> Args:
-    """argparse built from the dataclass, so `--help` shows every field's help text."""
-    parser = argparse.ArgumentParser(description="Actor-critic self-play on Tic-Tac-Toe.")
-    for f in dataclasses.fields(Args):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=f.type, default=f.default, help=f.metadata["help"])
-    args = Args(**vars(parser.parse_args(argv)))
-    for name in ("games", "games_per_update", "snapshot_every", "pool_size", "hidden", "eval_every", "lr"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    if not 0 < args.gamma <= 1:
-        parser.error("--gamma must be in (0, 1]")
-    if not 0 <= args.max_opening_moves <= 4:
-        parser.error("--max-opening-moves must be in 0..4")
-    if min(args.mirror_share, args.random_opponent_share) < 0 or args.mirror_share + args.random_opponent_share > 1:
-        parser.error("--mirror-share and --random-opponent-share must be >= 0 and add up to at most 1")
-    return args
+    out: str = field(default="", metadata={
+        "help": "run directory, new or empty (default: the first free one of runs/tictactoe_s<seed>, "
+                "-2, -3 ...)"})
+    save_to: str = field(default="", metadata={
+        "help": "also copy the best checkpoint to this .pt file: a new one, or a checkpoint of this script "
+                "to replace (e.g. tictactoe_selfplay/agent.pt)"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,8 +150,13 @@ class ActorCritic(nn.Module):
 def load_network(path) -> ActorCritic:
     """Load a state_dict written by this script; raise ValueError with one readable sentence."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"weights file not found: {path}")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a plain file"
+        raise ValueError(f"{path} is {kind}, not a weights file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"weights file {path} is empty")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         net = ActorCritic(hidden=state["body.0.weight"].shape[0])
@@ -359,18 +353,6 @@ def draw_seats(learner, pool: list, args: Args, rng: random.Random) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-def fresh_run_dir(requested: str, default: str) -> Path:
-    """The run directory, never an existing one: a taken name gets a numbered suffix (and we say so)."""
-    base = Path(requested or default)
-    path, n = base, 1
-    while path.exists() and any(path.iterdir()):
-        path, n = base.with_name(f"{base.name}_{n}"), n + 1
-    if path != base:
-        print(f"{base} already holds a run; writing to {path} instead", file=sys.stderr)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def plot_learning_curve(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -399,7 +381,7 @@ def train(args: Args) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    run_dir = fresh_run_dir(args.out, f"runs/tictactoe_s{args.seed}")
+    run_dir = make_run_dir(args)
     writer = SummaryWriter(str(run_dir))
     envs = [TicTacToeEnv() for _ in range(args.games_per_update)]
     for i, env in enumerate(envs):
@@ -473,7 +455,8 @@ def train(args: Args) -> dict:
     if args.save_to:
         target = Path(args.save_to)
         if target.exists():
-            print(f"overwriting {target} as asked by --save-to", file=sys.stderr)
+            print(f"replacing {target} (a tictactoe_selfplay checkpoint) as asked by --save-to",
+                  file=sys.stderr)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes((run_dir / "best.pt").read_bytes())
     b = best[1]
@@ -487,6 +470,119 @@ def train(args: Args) -> dict:
 def main(argv=None) -> int:
     train(parse_args(argv))
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Plumbing: the command line, and every flag checked before anything runs
+# ---------------------------------------------------------------------------------------------
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each flag's default, except the empty and off ones."""
+
+    def _get_help_string(self, action):
+        quiet = action.default is None or action.default is False or action.default == ""
+        return action.help if quiet else super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the defaults in `--help`, and every error as one line `error: ...` (exit status 2)."""
+
+    def __init__(self, description: str):
+        super().__init__(description=description, formatter_class=HelpFormatter)
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
+def parse_args(argv=None) -> Args:
+    """argparse built from the dataclass, so `--help` shows every field's help text. Every flag is checked
+    here, before anything is trained: an error is one line that names the flag."""
+    parser = Parser("Actor-critic self-play on Tic-Tac-Toe.")
+    for f in dataclasses.fields(Args):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=f.type, default=f.default,
+                            help=f.metadata["help"])
+    args = Args(**vars(parser.parse_args(argv)))
+    for name in ("games", "games_per_update", "snapshot_every", "pool_size", "hidden", "eval_every", "lr"):
+        if not 0 < getattr(args, name) < math.inf:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 < args.gamma <= 1:
+        parser.error("--gamma must be in (0, 1]")
+    if not 0 <= args.max_opening_moves <= 4:
+        parser.error("--max-opening-moves must be in 0..4")
+    shares = (args.mirror_share, args.random_opponent_share)
+    if min(shares) < 0 or sum(shares) > 1:
+        parser.error("--mirror-share and --random-opponent-share must be >= 0 and add up to at most 1")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be in 0 .. 2**32 - 1 (numpy's range), got {args.seed}")
+    try:
+        check_outputs(args)
+    except ValueError as err:
+        parser.error(str(err))
+    batch = args.games_per_update
+    if args.games % batch:
+        updates = max(1, args.games // batch)
+        print(f"--games {args.games} is not a whole number of batches of {batch} games: "
+              f"training for {updates} x {batch} = {updates * batch} games at most", file=sys.stderr)
+    return args
+
+
+def can_write_in(path: Path) -> bool:
+    """Whether files can be made in the directory `path`, which may not exist yet: the nearest existing one
+    of it and its parents must be a directory in which a probe directory can be made (and removed at once,
+    so that the check leaves nothing behind)."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        return False
+    try:
+        tempfile.TemporaryDirectory(dir=path).cleanup()
+    except OSError:
+        return False
+    return True
+
+
+def check_outputs(args: Args) -> Path:
+    """Check --out and --save-to before anything runs; return the run directory (not created yet).
+    A run directory is new or empty; --save-to is a new .pt file or a checkpoint of this script (replaced).
+    Anything else is never overwritten: ValueError, one line that names the flag."""
+    if args.out:
+        run_dir = Path(args.out)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ValueError(f"--out {run_dir} exists and is not a directory; pass another --out")
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise ValueError(f"--out {run_dir} exists and is not empty; "
+                             "pass another --out (runs are never overwritten)")
+    else:  # the first free one of runs/tictactoe_s<seed>, ...-2, ...-3
+        base = run_dir = Path(f"runs/tictactoe_s{args.seed}")
+        n = 2
+        while run_dir.exists() and not (run_dir.is_dir() and not any(run_dir.iterdir())):
+            run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+    if not can_write_in(run_dir):
+        raise ValueError(f"--out {run_dir} cannot be created (pass another --out)")
+    if args.save_to:
+        target = Path(args.save_to)
+        if target.suffix != ".pt":
+            raise ValueError(f"--save-to {target} must be a .pt file")
+        if target.is_dir():
+            raise ValueError(f"--save-to {target} is a directory; name a .pt file")
+        if target.exists():
+            try:
+                load_network(target)
+            except ValueError:
+                raise ValueError(f"--save-to {target} exists and is not a tictactoe_selfplay checkpoint; "
+                                 "it is never overwritten") from None
+        if not can_write_in(target.parent):
+            raise ValueError(f"--save-to {target} cannot be created (its folder cannot be made or written)")
+    return run_dir
+
+
+def make_run_dir(args: Args) -> Path:
+    """Create the run directory once the outputs are checked (a failed check leaves no directory behind)."""
+    run_dir = check_outputs(args)  # again: train() may be called without parse_args
+    if not args.out:
+        print(f"writing the run to {run_dir} (pass --out to choose another directory)", file=sys.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
 
 
 if __name__ == "__main__":
