@@ -558,9 +558,9 @@ def check_env(env_id: str, continuous: bool, wind: bool) -> None:
     ValueError, one line that starts with the env id."""
     try:
         env = gym.make(env_id, **env_kwargs(env_id, continuous, wind))
-    except ModuleNotFoundError as err:
-        raise ValueError(f"{env_id} needs {err.name}, not installed: pip install {err.name}") from None
-    except Exception as err:  # unknown or deprecated ids, DependencyNotInstalled (it names the pip command)
+    except Exception as err:  # unknown or deprecated ids, missing packages (DependencyNotInstalled names pip)
+        if isinstance(err, ModuleNotFoundError) and err.name:  # a bare import error: say what to install
+            raise ValueError(f"{env_id} needs {err.name}, not installed: pip install {err.name}") from None
         raise ValueError(f"{env_id}: {' '.join(str(err).split())}") from None
     try:
         check_spaces(env.observation_space, env.action_space)
