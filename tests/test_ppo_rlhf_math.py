@@ -311,8 +311,57 @@ def test_each_stage_runs_and_writes_outputs(tiny_pipeline):
 
 def test_a_stage_never_overwrites(tiny_pipeline, tiny_lm):
     out, _ = tiny_pipeline
+    before = sorted(out.rglob("*"))
     result = run("train.py", "--stage", "sft", "--model", str(tiny_lm), "--out", str(out))
-    assert result.returncode != 0 and "exists" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [f"error: --out {out} already holds a sft stage ({out / 'sft'}), "
+                                          "and runs are never overwritten; pass another --out"]
+    assert sorted(out.rglob("*")) == before
+
+
+def test_default_run_dir_takes_the_next_free_suffix(tmp_path, monkeypatch):
+    """Without --out, a stage goes to the first of runs/ppo_rlhf_math_s<seed>, -2, ... whose sub-directory for
+    it is free; earlier stages' sub-directories are read there, so a later stage joins their run."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "ppo_rlhf_math_s1" / "sft").mkdir(parents=True)
+    (tmp_path / "runs" / "ppo_rlhf_math_s1" / "sft" / "metrics.csv").write_text("step,loss\n")
+    (tmp_path / "runs" / "ppo_rlhf_math_s1-2" / "sft").mkdir(parents=True)  # empty: free
+    taken = {stage: train.check_outputs(train.Args(stage=stage)) for stage in ("sft", "reward", "all")}
+    assert {stage: str(path) for stage, path in taken.items()} == {
+        "sft": "runs/ppo_rlhf_math_s1-2", "reward": "runs/ppo_rlhf_math_s1", "all": "runs/ppo_rlhf_math_s1-2"}
+    (tmp_path / "runs" / "ppo_rlhf_math_s1-2" / "summary.json").write_text("[]")  # not one this script writes
+    assert str(train.check_outputs(train.Args(stage="sft"))) == "runs/ppo_rlhf_math_s1-3"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ppo_rlhf_math_s1", "ppo_rlhf_math_s1-2"]
+
+
+def test_no_flags_says_it_runs_all_three_stages(capsys):
+    args = train.parse_args([])  # checks only: nothing runs, nothing is created
+    assert args.stage == "all"
+    said = capsys.readouterr().err
+    assert said.startswith("no flags: --stage all, the three stages one after the other (about 105 min on 2 "
+                           "CPU cores); one stage at a time: --stage sft") and said.count("\n") == 1
+
+
+def test_save_to_replaces_the_shipped_files_of_its_kind_only(tiny_pipeline, tmp_path, monkeypatch):
+    """--save-to copies each stage's files over the shipped ones of the same names and says which; any other
+    file in the shipped folders stays."""
+    out, _ = tiny_pipeline
+    shipped = {stage: tmp_path / folder.name for stage, folder in train.SHIPPED.items()}
+    for folder in shipped.values():
+        folder.mkdir()
+        (folder / "notes.txt").write_text("keep me")
+    (shipped["reward"] / "reward_model.pt").write_text("an older reward model")
+    monkeypatch.setattr(train, "SHIPPED", shipped)
+    said = []
+    for stage, source in (("sft", "sft/adapter"), ("reward", "reward/model"), ("ppo", "ppo/adapter")):
+        train.copy_to_shipped(stage, out / source, said.append)
+    assert said == [f"replacing reward_model.pt in {shipped['reward']} with this run's reward result, as "
+                    "asked by --save-to"]
+    for stage, folder in shipped.items():
+        assert sorted(p.name for p in folder.iterdir()) == sorted(train.SHIPPED_FILES[stage] + ("notes.txt",))
+        assert (folder / "notes.txt").read_text() == "keep me"
+    new = (out / "reward" / "model" / "reward_model.pt").read_bytes()
+    assert (shipped["reward"] / "reward_model.pt").read_bytes() == new
 
 
 def test_eval_json_for_each_stage(tiny_pipeline, tiny_lm):
@@ -356,9 +405,13 @@ def test_shipped_files_load():
 
 def test_bad_inputs_give_one_clear_error(tmp_path):
     result = run("train.py", "--stage", "sft", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert result.stderr == f"error: --model {str(tmp_path / 'nope')!r}: no such directory\n"
+    not_a_model = tmp_path / "empty_dir"
+    not_a_model.mkdir()
+    result = run("train.py", "--stage", "sft", "--model", str(not_a_model), "--out", str(tmp_path / "r2"))
     assert result.returncode != 0 and "error: cannot load --model" in result.stderr and "Traceback" not in result.stderr
-    result = run("train.py", "--stage", "ppo", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "r2"))
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty_dir"]  # a failed run leaves no run directory
     result = run("train.py", "--stage", "dpo")
     assert result.returncode == 2 and "--stage must be" in result.stderr
     result = run("eval.py", "--stage", "sft", "--sft-adapter", str(tmp_path / "missing"))
