@@ -9,6 +9,7 @@ loss, no KL, the same correctness + format rewards, and every group trained on (
 off, because TRL has no such shortcut). Each side runs in its own subprocess, so the peak resident memory
 (ru_maxrss) is its own. The first step is reported apart (it includes one-off costs).
 """
+import json
 import random
 import statistics
 import sys
@@ -84,15 +85,23 @@ def run_trl(steps: int, seed: int, threads: int) -> dict:
 
 
 def main() -> None:
-    args = parse(side_parser("Seconds per GRPO step, ours vs TRL's GRPOTrainer."))
+    parser = side_parser("Seconds per GRPO step and peak memory, ours vs TRL's GRPOTrainer.")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line: seconds per step (steps 2..) "
+                                                            "and peak RSS in GB of each side")
+    args = parse(parser)
     if args.side:
         report((run_ours if args.side == "ours" else run_trl)(args.steps, args.seed, args.threads))
         return
     print(f"GRPO step, SmolLM2-135M-Instruct + LoRA r={LORA_R}, {PROMPTS} prompts x G={G}, {NEW_TOKENS} new tokens, "
           f"fp32 CPU, {args.threads} thread(s), {args.steps} steps each")
+    summary = {}
     for side in ("ours", "trl"):
         r = run_side(sys.executable, __file__, side, args)
-        print(f"{step_seconds(side, r)}, mean completion {r['completion_length']:.1f} tokens")
+        print(f"{step_seconds(side, r)}, mean completion {r['completion_length']:.1f} tokens", flush=True)
+        summary[side] = {"seconds_per_step": round(statistics.mean(r["step_seconds"][1:]), 1),
+                         "peak_rss_gb": round(r["peak_rss_mb"] / 1024, 2)}
+    if args.json:
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Evaluate a GRPO adapter (or the untouched model) on held-out arithmetic: greedy accuracy, or pass@k.
 
-    python grpo_lm/eval.py                                   # shipped R1-Zero-style adapter, 200 held-out problems
+    python grpo_lm/eval.py                              # shipped R1-Zero-style adapter, 200 held-out problems
     python grpo_lm/eval.py --adapter grpo_lm/adapter_from_sft --json   # GRPO from the SFT model
-    python grpo_lm/eval.py --no-adapter --json               # the untouched SmolLM2-135M-Instruct, same prompt
-    python grpo_lm/eval.py --pass-at 8 --n 100 --json        # pass@k and maj@k, k = 1..8, at temperature 1
-    python grpo_lm/eval.py --problems my.jsonl               # your own {"question": ..., "answer": ...} lines
+    python grpo_lm/eval.py --no-adapter --json          # the untouched SmolLM2-135M-Instruct, same prompt
+    python grpo_lm/eval.py --pass-at 8 --n 100 --json   # pass@k and maj@k, k = 1..8, at temperature 1
+    python grpo_lm/eval.py --unseen 400 --json          # word problems with names and items never trained on
+    python grpo_lm/eval.py --problems my.jsonl          # your own {"question": ..., "answer": ...} lines
     python grpo_lm/eval.py --prompt "Ava has 12 apples and eats 5. How many are left?"
 
 Accuracy counts an answer as right only if the completion ends with '#### <number>' and the number is the
@@ -22,9 +23,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from train import (HELDOUT_SEED, SHIPPED_ADAPTER, build_prompt, check_model, check_problems, correctness_reward,
-                   decode, evaluate, extract_answer, generate, heldout_problems, load_base, load_problems,
-                   merge_adapter)
+from train import (HELDOUT_SEED, SHIPPED_ADAPTER, build_prompt, check_model, check_problems,
+                   correctness_reward, decode, evaluate, extract_answer, generate, heldout_problems,
+                   load_base, load_problems, merge_adapter)
+
+
+# --unseen: ppo_rlhf_math/eval.py's problems, question for question: word problems whose names and items
+# no training run uses (held-out set excluded); one-line sums and products are too few to keep unseen.
+UNSEEN_NAMES = ["Ella", "Finn", "Tom", "Rosa", "Hugo", "Lena", "Kai", "Iris", "Theo", "Maya", "Jonas",
+                "Priya"]
+UNSEEN_ITEMS = ["feathers", "balloons", "muffins", "buttons", "crayons", "beads", "pebbles", "tickets",
+                "ribbons", "acorns"]
+UNSEEN_SEED = 4242
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -38,11 +48,12 @@ def majority_correct(answers: list[str | None], answer: str) -> bool:
     return bool(votes) and votes.most_common(1)[0][0] == answer
 
 
-def sampled_pass_at(model, tokenizer, problems: list[dict], k: int, max_new_tokens: int, batch_size: int) -> dict:
+def sampled_pass_at(model, tokenizer, problems: list[dict], k: int, max_new_tokens: int, batch_size: int):
     """k completions of each problem at temperature 1: pass@j and maj@j for j = 1..k (strict answers)."""
     samples = [p for p in problems for _ in range(k)]
     texts = []
-    for i in tqdm(range(0, len(samples), batch_size), desc=f"pass@{k}", unit="batch", leave=False, disable=None):
+    batches = range(0, len(samples), batch_size)
+    for i in tqdm(batches, desc=f"pass@{k}", unit="batch", leave=False, disable=None):
         prompts = [build_prompt(tokenizer, p["question"]) for p in samples[i:i + batch_size]]
         _, _, ids, mask = generate(model, tokenizer, prompts, max_new_tokens, temperature=1.0)
         texts += decode(tokenizer, ids, mask)
@@ -69,8 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=200, help="number of built-in held-out problems")
     parser.add_argument("--problem-seed", type=int, default=HELDOUT_SEED, help="draw the built-in problems "
                                                                                "from this seed (a fresh set)")
-    parser.add_argument("--pass-at", type=int, default=0, help="sample K answers per problem at temperature 1 "
-                                                               "and report pass@k and maj@k up to K (0: greedy)")
+    parser.add_argument("--unseen", type=int, default=0, metavar="N",
+                        help="N problems whose word problems use names and items never trained on")
+    parser.add_argument("--pass-at", type=int, default=0, metavar="K",
+                        help="sample K answers per problem at temperature 1: pass@k, maj@k to K (0: greedy)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per answer")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per generate call")
     parser.add_argument("--samples", type=int, default=3, help="greedy completions to print")
@@ -81,8 +94,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("n", "max_new_tokens", "batch_size", "threads"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.samples < 0 or args.pass_at < 0:
-        parser.error("--samples and --pass-at must be 0 or more")
+    if args.samples < 0 or args.pass_at < 0 or args.unseen < 0:
+        parser.error("--samples, --pass-at and --unseen must be 0 or more")
+    if args.unseen and args.problems:
+        parser.error("--unseen draws its own problems; it does not combine with --problems")
     for problem in (check_model(args.model), check_problems(args.problems)):
         if problem:
             parser.error(problem)
@@ -107,8 +122,8 @@ def load_policy(args: argparse.Namespace):
         try:
             model = PeftModel.from_pretrained(model, args.adapter)
         except Exception as err:  # corrupt or mismatched adapter files: one line, not a traceback
-            raise SystemExit(f"error: cannot load --adapter {args.adapter!r} on this model: {type(err).__name__}: "
-                             f"{str(err).splitlines()[0]}")
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+            raise SystemExit(f"error: cannot load --adapter {args.adapter!r} on this model: {reason}")
     return model.eval(), tokenizer
 
 
@@ -118,22 +133,28 @@ def main() -> None:
     torch.manual_seed(0)  # pass@k samples: the same draw on every run
     model, tokenizer = load_policy(args)
     if args.prompt:
-        _, _, ids, mask = generate(model, tokenizer, [build_prompt(tokenizer, args.prompt)], args.max_new_tokens)
-        print(decode(tokenizer, ids, mask)[0])
+        print(decode(tokenizer, *generate(model, tokenizer, [build_prompt(tokenizer, args.prompt)],
+                                          args.max_new_tokens)[2:])[0])
         return
-    problems = load_problems(args.problems) if args.problems else heldout_problems(args.n, args.problem_seed)
+    if args.unseen:
+        held = {p["question"] for p in heldout_problems(200)}  # the whole held-out set, whatever --n
+        problems = heldout_problems(args.unseen, UNSEEN_SEED, held, names=UNSEEN_NAMES, items=UNSEEN_ITEMS)
+    else:
+        problems = load_problems(args.problems) if args.problems else heldout_problems(args.n,
+                                                                                        args.problem_seed)
     name = "model without adapter" if args.no_adapter else f"adapter {args.adapter}"
     if args.pass_at:
-        metrics = sampled_pass_at(model, tokenizer, problems, args.pass_at, args.max_new_tokens, args.batch_size)
-        print(f"{name}: " + ", ".join(f"pass@{j} {metrics['pass_at'][j]:.3f} maj@{j} {metrics['maj_at'][j]:.3f}"
-                                      for j in (1, 2, 4, 8) if j <= args.pass_at) + f" on {len(problems)} problems",
-              file=sys.stderr)
+        metrics = sampled_pass_at(model, tokenizer, problems, args.pass_at, args.max_new_tokens,
+                                  args.batch_size)
+        shown = ", ".join(f"pass@{j} {metrics['pass_at'][j]:.3f} maj@{j} {metrics['maj_at'][j]:.3f}"
+                          for j in (1, 2, 4, 8) if j <= args.pass_at)
+        print(f"{name}: {shown} on {len(problems)} problems", file=sys.stderr)
     else:
         metrics, completions = evaluate(model, tokenizer, problems, args.max_new_tokens, args.batch_size)
         for problem, completion in list(zip(problems, completions))[:args.samples]:
             print(f"Q: {problem['question']}  (answer {problem['answer']})\nA: {completion}\n")
-        print(f"{name}: accuracy {metrics['accuracy']:.3f}, format {metrics['format_rate']:.3f}, "
-              f"last-number accuracy {metrics['last_number_accuracy']:.3f} on {metrics['n']} problems", file=sys.stderr)
+        print(f"{name}: accuracy {metrics['accuracy']:.3f}, format {metrics['format_rate']:.3f}, last-number "
+              f"accuracy {metrics['last_number_accuracy']:.3f} on {metrics['n']} problems", file=sys.stderr)
     if args.json:
         print(json.dumps(metrics))
 

@@ -183,8 +183,9 @@ ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "coins"
 INSTRUCTION = "Give the final answer on the last line in the form '#### <number>'."
 
 
-def make_problem(rng: random.Random) -> dict:
-    """Two-digit addition or subtraction, a times-table product, or a two-step word problem."""
+def make_problem(rng: random.Random, names: list[str] = NAMES, items: list[str] = ITEMS) -> dict:
+    """Two-digit addition or subtraction, a times-table product, or a two-step word problem (whose names and
+    items come from the lists given: eval.py --unseen passes ones training never uses)."""
     kind = rng.choice(["add", "sub", "mul", "word"])
     if kind == "add":
         a, b = rng.randint(10, 99), rng.randint(10, 99)
@@ -196,7 +197,7 @@ def make_problem(rng: random.Random) -> dict:
     if kind == "mul":
         a, b = rng.randint(2, 12), rng.randint(2, 12)
         return {"question": f"What is {a} * {b}?", "answer": str(a * b)}
-    name, item, template = rng.choice(NAMES), rng.choice(ITEMS), rng.randrange(3)
+    name, item, template = rng.choice(names), rng.choice(items), rng.randrange(3)
     if template == 0:
         a, b = rng.randint(5, 30), rng.randint(2, 20)
         c = rng.randint(1, a + b - 1)
@@ -212,11 +213,12 @@ def make_problem(rng: random.Random) -> dict:
                         f"How many {item} does {name} have in total?", "answer": str(a + b + c)}
 
 
-def heldout_problems(n: int, seed: int = HELDOUT_SEED) -> list[dict]:
-    """The fixed held-out set: the first n distinct problems drawn from HELDOUT_SEED (or another seed)."""
-    rng, seen, problems = random.Random(seed), set(), []
+def heldout_problems(n: int, seed: int = HELDOUT_SEED, exclude: set[str] = frozenset(), **vocabulary):
+    """The fixed held-out set: the first n distinct problems drawn from HELDOUT_SEED (or another seed), none
+    of whose questions is in `exclude`; `vocabulary` (names=, items=) goes to make_problem."""
+    rng, seen, problems = random.Random(seed), set(exclude), []
     while len(problems) < n:
-        p = make_problem(rng)
+        p = make_problem(rng, **vocabulary)
         if p["question"] not in seen:
             seen.add(p["question"])
             problems.append(p)

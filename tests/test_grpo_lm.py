@@ -253,3 +253,13 @@ def test_save_to_never_deletes_unrelated_files(tiny_dirs, tmp_path):
     result = run("train.py", "--model", str(tiny_dirs / "lm"), "--save-to", str(folder), "--out", str(tmp_path / "r"))
     assert result.returncode != 0 and "Traceback" not in result.stderr and "--save-to" in result.stderr
     assert (folder / "notes.txt").read_text() == "keep me" and not (tmp_path / "r").exists()
+
+
+def test_unseen_problems_are_new_words_and_not_held_out():
+    ev = load_script("grpo_lm", "eval")
+    held = {p["question"] for p in train.heldout_problems(200)}
+    unseen = train.heldout_problems(50, ev.UNSEEN_SEED, held, names=ev.UNSEEN_NAMES, items=ev.UNSEEN_ITEMS)
+    assert len(unseen) == 50 and not held & {p["question"] for p in unseen}
+    words = [p["question"] for p in unseen if not p["question"].startswith("What is")]
+    assert words and all(any(n in q for n in ev.UNSEEN_NAMES) and not any(n + " " in q for n in train.NAMES)
+                         for q in words)
