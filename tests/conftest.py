@@ -70,6 +70,19 @@ def tiny_llama_config(tokenizer) -> dict:
                 num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=2)
 
 
+def save_tiny_models(root: Path) -> None:
+    """A tiny random causal LM in root/lm and a tiny random sequence classifier (one score) in root/rm, on the
+    tiny tokenizer: the stand-ins for SmolLM2 and for a reward model of grpo_lm's --reward-model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+    tokenizer = save_tiny_tokenizer(root / "lm")
+    save_tiny_tokenizer(root / "rm")
+    config = tiny_llama_config(tokenizer)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**config)).save_pretrained(root / "lm")
+    LlamaForSequenceClassification(LlamaConfig(**config, num_labels=1)).save_pretrained(root / "rm")
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

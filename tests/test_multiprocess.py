@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import REPO, load_script, save_tiny_tokenizer, tiny_llama_config
+from conftest import REPO, load_script, save_tiny_models
 
 LAUNCH = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2"]  # as in the README
 ACCELERATE = Path(sys.executable).parent / "accelerate"  # the launcher installed beside this Python
@@ -57,14 +56,8 @@ pytestmark = pytest.mark.skipif(not ACCELERATE.is_file(), reason="no accelerate 
 def tiny(tmp_path_factory):
     """A tiny random LM and sequence classifier (grpo_lm's --reward-model), an SFT adapter of the LM and a
     character reward model (ppo_rlhf_math's PPO stage reads both), and the sitecustomize module."""
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
     root = tmp_path_factory.mktemp("multiprocess")
-    tokenizer = save_tiny_tokenizer(root / "lm")
-    save_tiny_tokenizer(root / "rm")
-    config = tiny_llama_config(tokenizer)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(**config)).save_pretrained(root / "lm")
-    LlamaForSequenceClassification(LlamaConfig(**config, num_labels=1)).save_pretrained(root / "rm")
+    save_tiny_models(root)
     rlhf = load_script("ppo_rlhf_math")
     base, _ = rlhf.load_base(str(root / "lm"))
     rlhf.save_adapter(rlhf.add_lora(base, rlhf.Args()), root / "sft")
