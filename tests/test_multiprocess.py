@@ -73,6 +73,7 @@ def launch(tiny: Path, script: str, flags: list[str], cwd: Path) -> subprocess.C
     command = [str(ACCELERATE), *LAUNCH[1:], str(REPO / script), *flags]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "Warning" not in result.stderr, result.stderr  # e.g. transformers' is_gradient_checkpointing one
     return result
 
 
