@@ -61,7 +61,9 @@ def run_ours(steps: int, seed: int, threads: int) -> dict:
                                 "--max-new-tokens", str(NEW_TOKENS), "--temperature", "1.0", "--lora-r", str(LORA_R),
                                 "--lora-alpha", str(LORA_ALPHA), "--ppo-lr", str(LR), "--kl-coef", str(KL_COEF),
                                 "--w-no-eos", str(NO_EOS_PENALTY), "--eval-size", str(EVAL_SIZE), "--eval-every", str(10 ** 6),
-                                "--ppo-lora-layers", "0"])  # every block adapted, as on TRL's side
+                                "--ppo-lora-layers", "0",  # every block adapted, as on TRL's side
+                                # the shipped files only pass the flag checks: train_ppo gets throwaway ones
+                                "--sft-adapter", "ppo_rlhf_math/sft_adapter", "--reward-dir", "ppo_rlhf_math/reward_model"])
         sft_adapter, reward_dir = throwaway_models(args, Path(tmp))
         rlhf.train_ppo(args, Path(tmp) / "run", sft_adapter, reward_dir, log=lambda *a: print(*a, file=sys.stderr))
         rows = (Path(tmp) / "run" / "ppo" / "metrics.csv").read_text().splitlines()

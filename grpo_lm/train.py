@@ -30,6 +30,7 @@ import random
 import re
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -136,7 +137,7 @@ def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     length = completion_ids.shape[1]
     no_eos = torch.full_like(is_eos[:, 0], length, dtype=torch.long)
     first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), no_eos)
-    return (torch.arange(length)[None, :] <= first_eos[:, None]).long()
+    return (torch.arange(length, device=completion_ids.device)[None, :] <= first_eos[:, None]).long()
 
 
 def grpo_loss(logp, old_logp, advantages, mask, epsilon, epsilon_high, loss_type, max_completion_length,
@@ -263,7 +264,7 @@ def format_reward(completions: list[str]) -> torch.Tensor:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 0.0):
     """Left-padded prompts -> (prompt_ids, prompt_mask, completion_ids, completion_mask); greedy if T == 0."""
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     sampling = ({"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0
                 else {"do_sample": False})
     out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
@@ -340,7 +341,7 @@ def format_warmup(model, tokenizer, problems: list[dict], args: Args) -> int:
         for i in range(0, len(examples), 8):
             prompts, targets = zip(*examples[i:i + 8])
             enc = tokenizer([p + t for p, t in zip(prompts, targets)], return_tensors="pt", padding=True,
-                            add_special_tokens=False)
+                            add_special_tokens=False).to(model.device)
             labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
             for row, prompt in enumerate(prompts):  # learn the completion only
                 labels[row, :len(tokenizer(prompt, add_special_tokens=False).input_ids)] = -100
@@ -398,9 +399,9 @@ def train(args: Args) -> Path:
     warn_if_single_process(accelerator)
     random.seed(args.seed + accelerator.process_index)
     torch.manual_seed(args.seed + accelerator.process_index)
-    run_dir = claim_run_dir(args.out, f"runs/grpo_lm_s{args.seed}", accelerator)
     model, tokenizer = load_policy(args)
     reward_model = RewardModel(args.reward_model) if args.reward_model else None
+    run_dir = claim_run_dir(args.out, f"runs/grpo_lm_s{args.seed}", accelerator)  # after loads that can fail
     heldout = heldout_problems(args.eval_size)
     pool = load_problems(args.problems) if args.problems else None
     held_questions = {p["question"] for p in heldout}
@@ -455,8 +456,8 @@ def train(args: Args) -> Path:
         policy.train()
         stats = {"loss": 0.0, "clip_frac": 0.0, "kl": float("nan"), "entropy": float("nan")}
         if keep.any():
-            kept = tuple(t[keep] for t in batch["tokens"])
-            stats = update(model, optimizer, accelerator, kept, advantages[keep], args)
+            kept = tuple(t[keep.to(t.device)] for t in batch["tokens"])  # rewards live on the CPU
+            stats = update(model, optimizer, accelerator, kept, advantages[keep].to(kept[3].device), args)
         rewards, lengths = batch["rewards"], batch["tokens"][3].sum(1).float()
         row = {"step": step, "reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
                **{f"reward_{k}": v.mean().item() for k, v in batch["components"].items()},
@@ -573,6 +574,11 @@ class RewardModel:
         return logits.log_softmax(-1)[:, -1] - logits.log_softmax(-1)[:, 0]
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # no "(default: )" after an empty default
+        return action.help if action.default in ("", None) else super()._get_help_string(action)
+
+
 def str2bool(text: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
@@ -583,7 +589,7 @@ def parse_args(argv=None) -> Args:
     """argparse built from Args (`--flag false` turns a true boolean off), then every check that can fail,
     before any model loads: a bad flag costs a second, not a training run."""
     parser = argparse.ArgumentParser(description="GRPO on a small LM with verifiable arithmetic rewards.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpWithDefaults)
     for f in dataclasses.fields(Args):
         kind = {"type": str2bool, "nargs": "?", "const": True} if f.type is bool else {"type": f.type}
         parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata["help"],
@@ -662,7 +668,11 @@ def check_output(flag: str, target: str, allowed: tuple[str, ...] = ()) -> str |
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
-    return None if parent.is_dir() and os.access(parent, os.W_OK) else f"{flag} {target!r} cannot be created"
+    try:  # a real probe: os.access says yes to root even under /proc
+        os.rmdir(tempfile.mkdtemp(dir=parent))
+    except OSError:
+        return f"{flag} {target!r} cannot be created"
+    return None
 
 
 def claim_run_dir(out: str, default: str, accelerator) -> Path:

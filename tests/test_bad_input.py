@@ -109,6 +109,10 @@ BAD_INPUT = [
     (GRPO_TRAIN, ["--problems", "{tmp}/binary.jsonl"], "--problems"),
     (GRPO_TRAIN, ["--problems", "{tmp}/words.jsonl"], "--problems"),  # an answer that is not a number
     (GRPO_TRAIN, ["--out", "{tmp}/full"], "--out"),
+    (GRPO_TRAIN, ["--out", f"{NOWHERE}/run"], "--out"),
+    (GRPO_TRAIN, ["--save-to", f"{NOWHERE}/adapter"], "--save-to"),
+    (GRPO_TRAIN, ["--micro-batch", "0"], "--micro-batch"),
+    (GRPO_TRAIN, ["--warmup-examples", "-1"], "--warmup-examples"),
     (GRPO_TRAIN, ["--save-to", "{tmp}/notes.txt"], "--save-to"),
     (GRPO_TRAIN, ["--init-adapter", "{tmp}/full"], "--init-adapter"),
     # grpo_lm/eval.py
@@ -117,6 +121,8 @@ BAD_INPUT = [
     (GRPO_EVAL, ["--problems", "{tmp}/full"], "--problems"),  # a directory
     (GRPO_EVAL, ["--adapter", "{tmp}/full"], "--adapter"),
     (GRPO_EVAL, ["--n", "0"], "--n"),
+    (GRPO_EVAL, ["--pass-at", "-1"], "--pass-at"),
+    (GRPO_EVAL, ["--unseen", "4", "--problems", "{tmp}/words.jsonl"], "--unseen"),
     # ppo_rlhf_math/train.py
     (RLHF_TRAIN, ["--out", f"{NOWHERE}/run"], "--out"),
     (RLHF_TRAIN, ["--out", "{tmp}/notes.txt"], "--out"),
