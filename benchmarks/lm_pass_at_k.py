@@ -27,7 +27,8 @@ MODELS = {  # name: (label, eval.py flags)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="models to run")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
+                        help="models to run")
     parser.add_argument("--k", type=int, default=8, help="samples per problem")
     parser.add_argument("--n", type=int, default=100, help="held-out problems")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -47,9 +48,8 @@ def main() -> None:
             sys.exit(f"error: {name}: {proc.stderr.strip().splitlines()[-1]}")
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
         row = results[name]
-        print(f"{label:34s} " + "  ".join(f"pass@{j} {row['pass_at'][str(j)]:.3f}" for j in (1, 2, 4, 8)
-                                          if j <= args.k) + f"  maj@{args.k} {row['maj_at'][str(args.k)]:.3f}",
-              flush=True)
+        shown = "  ".join(f"pass@{j} {row['pass_at'][str(j)]:.3f}" for j in (1, 2, 4, 8) if j <= args.k)
+        print(f"{label:34s} {shown}  maj@{args.k} {row['maj_at'][str(args.k)]:.3f}", flush=True)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, load_script, save_tiny_tokenizer, tiny_llama_config
+from conftest import REPO, load_script, save_tiny_models
 
 train = load_script("grpo_lm")
 FOLDER = REPO / "grpo_lm"
@@ -22,14 +22,8 @@ def run(script, *flags):
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     """A tiny causal LM and a tiny reward model (sequence classifier), both random, saved to temp dirs."""
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
     root = tmp_path_factory.mktemp("tiny")
-    tokenizer = save_tiny_tokenizer(root / "lm")
-    save_tiny_tokenizer(root / "rm")
-    config = tiny_llama_config(tokenizer)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(**config)).save_pretrained(root / "lm")
-    LlamaForSequenceClassification(LlamaConfig(**config, num_labels=1)).save_pretrained(root / "rm")
+    save_tiny_models(root)
     return root
 
 
