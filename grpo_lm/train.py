@@ -75,10 +75,12 @@ class Args:
     beta: float = arg(0.0, "weight of the k3 KL penalty to the reference (0: off)")
     correct_weight: float = arg(1.0, "reward weight: final answer correct")
     format_weight: float = arg(0.2, "reward weight: ends with '#### <number>'")
+    slip_weight: float = arg(0.0, "penalty when a line of work has an arithmetic slip (first_slip)")
     reward_model: str = arg("", "sequence-classification model whose score of question + answer is added")
     reward_model_weight: float = arg(1.0, "reward weight of --reward-model")
     lora_r: int = arg(4, "LoRA rank (RL needs very little capacity)")
     lora_alpha: int = arg(8, "LoRA scale alpha (update scaled by alpha / r)")
+    lora_layers: int = arg(0, "adapt the top N decoder blocks only (0: all); backward stops below them")
     warmup_examples: int = arg(64, "format warm-up on the model's own answers (0: skip)")
     warmup_epochs: int = arg(3, "format warm-up epochs")
     eval_every: int = arg(10, "steps between held-out evaluations")
@@ -258,6 +260,38 @@ def format_reward(completions: list[str]) -> torch.Tensor:
     return torch.tensor([float(extract_answer(c) is not None) for c in completions])
 
 
+WORK_LINE = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = |#### ")  # a line of work up to its result, or the last
+WRITTEN_NUMBER = re.compile(r"-?\d*")
+
+
+def first_slip(text: str) -> int | None:
+    """Index of the first character where a worked answer goes wrong, or None: a result the line's own
+    arithmetic does not give (`47 + 38 = 75`: the 7), one that stops short, or a final `#### N` that is not
+    the last line's result. Each line is checked on the numbers it writes, so only the first slip counts.
+    The same rule as ppo_rlhf_math's process reward (Lightman et al. 2023), here one per completion."""
+    start, last = 0, None
+    for line in text.split("\n"):
+        match = WORK_LINE.match(line)
+        if match and (match.group(1) or last is not None):
+            if match.group(1):
+                a, op, b = int(match.group(1)), match.group(2), int(match.group(3))
+                right = str({"+": a + b, "-": a - b, "*": a * b}[op])
+            else:
+                right = last
+            written = WRITTEN_NUMBER.match(line, match.end()).group()
+            closed = match.end() + len(written) < len(line) or start + len(line) < len(text)
+            common = len(os.path.commonprefix([written, right]))
+            if common < len(written) or (closed and written != right):
+                return start + match.end() + common
+            last = written
+        start += len(line) + 1
+    return None
+
+
+def slip_reward(completions: list[str]) -> torch.Tensor:
+    return torch.tensor([float(first_slip(c) is not None) for c in completions])
+
+
 # ---------------------------------------------------------------------------------------------
 # Sampling and scoring: generate, per-token log-probs, one rollout, greedy evaluation, the warm-up
 # ---------------------------------------------------------------------------------------------
@@ -301,8 +335,9 @@ def rollout(policy, tokenizer, problems: list[dict], args: Args, reward_model=No
     mask = mask[:, :completion_ids.shape[1]]
     texts = decode(tokenizer, completion_ids, mask)
     components = {"correct": correctness_reward(texts, [p["answer"] for p in problems for _ in range(G)]),
-                  "format": format_reward(texts)}
-    rewards = args.correct_weight * components["correct"] + args.format_weight * components["format"]
+                  "format": format_reward(texts), "slip": slip_reward(texts)}
+    rewards = (args.correct_weight * components["correct"] + args.format_weight * components["format"]
+               - args.slip_weight * components["slip"])
     if reward_model is not None:
         components["reward_model"] = reward_model([p["question"] for p in problems for _ in range(G)], texts)
         rewards = rewards + args.reward_model_weight * components["reward_model"]
@@ -546,7 +581,12 @@ def load_policy(args: Args):
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     if not any(name.endswith(t) for name, _ in model.named_modules() for t in targets):
         targets = "all-linear"  # e.g. GPT-2's Conv1D layers
-    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets)
+    n_layers = model.config.num_hidden_layers
+    if args.lora_layers > n_layers:
+        raise SystemExit(f"error: --lora-layers {args.lora_layers}: the model has {n_layers} blocks")
+    top = list(range(n_layers - args.lora_layers, n_layers)) if args.lora_layers else None
+    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
+                        target_modules=targets, layers_to_transform=top)
     return get_peft_model(model, config), tokenizer
 
 
@@ -601,7 +641,8 @@ def parse_args(argv=None) -> Args:
     problems = [f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
                 for name in positive if not getattr(args, name) > 0]  # `not >` also catches nan
     problems += [f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}"
-                 for name in ("warmup_examples", "beta", "epsilon", "epsilon_high")
+                 for name in ("warmup_examples", "beta", "epsilon", "epsilon_high", "slip_weight",
+                              "lora_layers")
                  if not getattr(args, name) >= 0]
     if args.num_generations < 2:
         problems.append("--num-generations must be at least 2 (advantages are relative to the group)")
