@@ -113,6 +113,8 @@ BAD_INPUT = [
     (GRPO_TRAIN, ["--save-to", f"{NOWHERE}/adapter"], "--save-to"),
     (GRPO_TRAIN, ["--micro-batch", "0"], "--micro-batch"),
     (GRPO_TRAIN, ["--warmup-examples", "-1"], "--warmup-examples"),
+    (GRPO_TRAIN, ["--lora-layers", "-1"], "--lora-layers"),
+    (GRPO_TRAIN, ["--slip-weight", "nan"], "--slip-weight"),
     (GRPO_TRAIN, ["--save-to", "{tmp}/notes.txt"], "--save-to"),
     (GRPO_TRAIN, ["--init-adapter", "{tmp}/full"], "--init-adapter"),
     # grpo_lm/eval.py
