@@ -2,8 +2,8 @@
 # One short training run of every script on a machine with a CUDA GPU, one line per script:
 #   <script>: ok|failed (...), <seconds> s, peak GPU memory <MiB> MiB
 # UNTRIED: written on a machine without a GPU (its flags were run on the CPU with a tiny model instead).
-# The RL folders train on the CPU by design (small networks: expect 0 MiB); grpo_lm and ppo_rlhf_math's PPO
-# stage place their models through accelerate; ppo_rlhf_math's SFT and reward stages stay on the CPU. Each
+# The RL folders take --device (auto: cuda here; their small networks are faster on the CPU, which
+# `--device cpu` picks); grpo_lm and ppo_rlhf_math's PPO stage place their models through accelerate; ppo_rlhf_math's SFT and reward stages stay on the CPU. Each
 # script runs in-process under a small Python wrapper, so torch.cuda.max_memory_allocated() sees all of it.
 #   bash benchmarks/gpu_check.sh        (after the README's setup line; runs write to a temporary folder)
 set -uo pipefail

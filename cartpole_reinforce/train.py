@@ -51,6 +51,8 @@ class Args:
         "help": "also copy the final weights to this .pt file: a new one, or a checkpoint of this script "
                 "to replace (e.g. cartpole_reinforce/policy.pt)"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (a 4-128-2 MLP is fastest on one)"})
+    device: str = field(default="auto", metadata={
+        "help": "cpu, cuda, cuda:N or auto (cuda when torch sees a GPU; a network this small is fast on cpu)"})
     log_every: int = field(default=50, metadata={"help": "print a summary line every N episodes"})
 
 
@@ -73,7 +75,7 @@ class Policy(nn.Module):
 
     def act(self, obs: np.ndarray, greedy: bool) -> tuple[int, torch.Tensor]:
         """Pick an action; return it with its log-probability (kept in the graph for the update)."""
-        logits = self(torch.as_tensor(obs, dtype=torch.float32))
+        logits = self(torch.as_tensor(obs, dtype=torch.float32, device=self.net[0].weight.device))
         log_probs = torch.log_softmax(logits, dim=-1)
         action = int(log_probs.argmax()) if greedy else int(torch.multinomial(log_probs.exp(), 1))
         return action, log_probs[action]
@@ -197,7 +199,7 @@ def train(args: Args) -> dict:
     writer = SummaryWriter(str(run_dir))
     env = make_env()
     env.action_space.seed(args.seed)
-    policy = Policy(hidden=args.hidden)
+    policy = Policy(hidden=args.hidden).to(pick_device(args.device))
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.lr)
 
     rows, window = [], []
@@ -207,7 +209,7 @@ def train(args: Args) -> dict:
     for episode in bar:
         # Only the first reset is seeded: the env's RNG then carries on, so the run is reproducible.
         log_probs, rewards = run_episode(env, policy, seed=args.seed if episode == 1 else None)
-        returns = standardize(discounted_returns(rewards, args.gamma))
+        returns = standardize(discounted_returns(rewards, args.gamma)).to(log_probs.device)
         loss = reinforce_loss(log_probs, returns)
         optimizer.zero_grad()
         loss.backward()
@@ -245,6 +247,7 @@ def train(args: Args) -> dict:
         csv_writer.writeheader()
         csv_writer.writerows(rows)
     plot_learning_curve(rows, args, run_dir / "learning_curve.png")
+    policy.cpu()  # checkpoints hold CPU tensors, whatever trained them
     torch.save(policy.state_dict(), run_dir / "policy.pt")
     if args.save_to:
         target = Path(args.save_to)
@@ -302,10 +305,27 @@ def parse_args(argv=None) -> Args:
     if not 0 <= args.seed < 2**32:
         parser.error(f"--seed must be in 0 .. 2**32 - 1 (numpy's range), got {args.seed}")
     try:
+        pick_device(args.device)
         check_outputs(args)
     except ValueError as err:
         parser.error(str(err))
     return args
+
+
+def pick_device(name: str) -> torch.device:
+    """--device: auto is cuda when torch sees a GPU, else cpu; ValueError (one line) for one it cannot use."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
+    if device.type == "cuda" and not (torch.cuda.is_available()
+                                      and (device.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"--device {name}: torch sees no such CUDA device; pass --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
+    return device
 
 
 def can_write_in(path: Path) -> bool:

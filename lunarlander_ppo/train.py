@@ -71,6 +71,8 @@ class Args:
         "help": "also copy the best checkpoint to this .pt file: a new one, or a checkpoint of this script "
                 "to replace (e.g. lunarlander_ppo/agent.pt)"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (small MLPs run fastest on one)"})
+    device: str = field(default="auto", metadata={
+        "help": "cpu, cuda, cuda:N or auto (cuda when torch sees a GPU; small MLPs are fast on cpu)"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +226,7 @@ def evaluate(agent: Agent, env_id: str, episodes: int, seed: int, greedy: bool =
              continuous: bool = False, wind: bool = False, num_envs: int = 16) -> list[float]:
     """Return of each of `episodes` episodes, episode i reset with seed + i, run `num_envs` at a time."""
     kwargs = env_kwargs(env_id, continuous, wind)
-    returns = []
+    returns, device = [], next(agent.parameters()).device
     for start in range(0, episodes, num_envs):
         n = min(num_envs, episodes - start)
         env = gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **kwargs) for _ in range(n)],
@@ -232,7 +234,7 @@ def evaluate(agent: Agent, env_id: str, episodes: int, seed: int, greedy: bool =
         obs, _ = env.reset(seed=[seed + start + i for i in range(n)])
         totals, alive = np.zeros(n), np.ones(n, dtype=bool)
         while alive.any():
-            actions, _ = agent.act(torch.as_tensor(obs, dtype=torch.float32), greedy=greedy)
+            actions, _ = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device), greedy=greedy)
             actions = to_env_actions(actions, env.single_action_space)
             obs, rewards, term, trunc, _ = env.step(actions)
             totals += rewards * alive
@@ -247,7 +249,7 @@ def evaluate(agent: Agent, env_id: str, episodes: int, seed: int, greedy: bool =
 
 def to_env_actions(actions: torch.Tensor, space: gym.Space) -> np.ndarray:
     """Tensor of sampled actions -> what env.step takes (Box actions clipped to their bounds)."""
-    actions = actions.numpy()
+    actions = actions.cpu().numpy()
     if isinstance(space, gym.spaces.Box):
         return np.clip(actions, space.low, space.high)
     return actions
@@ -258,7 +260,8 @@ def to_env_actions(actions: torch.Tensor, space: gym.Space) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 def save_checkpoint(agent: Agent, args: Args, path: Path) -> None:
     """A state_dict plus the few facts needed to rebuild the agent (no pickled modules)."""
-    torch.save({"state_dict": agent.state_dict(), "env_id": args.env_id, "continuous": args.continuous,
+    state = {k: v.cpu() for k, v in agent.state_dict().items()}  # CPU tensors, whatever trained them
+    torch.save({"state_dict": state, "env_id": args.env_id, "continuous": args.continuous,
                 "wind": args.wind, "hidden": args.hidden}, path)
 
 
@@ -319,19 +322,20 @@ def train(args: Args) -> dict:
     writer = SummaryWriter(str(run_dir))
     env = make_vector_env(args, args.num_envs, args.async_envs)
     env.action_space.seed(args.seed)
-    agent = build_agent(env, args.hidden)
+    device = pick_device(args.device)
+    agent = build_agent(env, args.hidden).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # fused: fewer tiny CPU ops
 
     T, N = args.num_steps, args.num_envs
     obs_shape, act_shape = env.single_observation_space.shape, env.single_action_space.shape
-    obs_buf = torch.zeros((T, N) + obs_shape)
-    act_buf = torch.zeros((T, N) + act_shape)
-    logp_buf, rew_buf, term_buf, done_buf = (torch.zeros(T, N) for _ in range(4))
+    obs_buf = torch.zeros((T, N) + obs_shape, device=device)
+    act_buf = torch.zeros((T, N) + act_shape, device=device)
+    logp_buf, rew_buf, term_buf, done_buf = (torch.zeros(T, N, device=device) for _ in range(4))
     batch_size = T * N
     minibatch_size = batch_size // args.num_minibatches
     num_updates = max(1, args.total_timesteps // batch_size)
 
-    next_obs = torch.as_tensor(env.reset(seed=args.seed)[0], dtype=torch.float32)
+    next_obs = torch.as_tensor(env.reset(seed=args.seed)[0], dtype=torch.float32, device=device)
     episodes, evals, metrics_rows = [], [], []
     best_eval, global_step, next_eval = -math.inf, 0, args.eval_every
     # Where the training time goes (wall-clock seconds; evaluations excluded): env.step, the rest of the
@@ -362,7 +366,7 @@ def train(args: Args) -> dict:
             if "_episode" in info:
                 for i in np.flatnonzero(info["_episode"]):
                     episodes.append((global_step + (t + 1) * N, float(info["episode"]["r"][i]), int(info["episode"]["l"][i])))
-            next_obs = torch.as_tensor(obs, dtype=torch.float32)
+            next_obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
         global_step += batch_size
         rollout_end = time.perf_counter()
         clock["rollout"] += rollout_end - tick
@@ -373,7 +377,8 @@ def train(args: Args) -> dict:
             next_values = torch.cat([values[1:], agent.value(next_obs).unsqueeze(0)])
             if final_obs:
                 keys = list(final_obs)
-                bootstrap = agent.value(torch.as_tensor(np.stack([final_obs[k] for k in keys]), dtype=torch.float32))
+                last = np.stack([final_obs[k] for k in keys])
+                bootstrap = agent.value(torch.as_tensor(last, dtype=torch.float32, device=device))
                 for (t, i), v in zip(keys, bootstrap):
                     next_values[t, i] = v
             advantages, returns = compute_gae(rew_buf, values, next_values, term_buf, done_buf, args.gamma, args.gae_lambda)
@@ -533,6 +538,7 @@ def parse_args(argv=None) -> Args:
     except ValueError as err:
         parser.error(f"--env-id {err}")
     try:
+        pick_device(args.device)
         check_outputs(args)
     except ValueError as err:
         parser.error(str(err))
@@ -584,6 +590,22 @@ def can_write_in(path: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def pick_device(name: str) -> torch.device:
+    """--device: auto is cuda when torch sees a GPU, else cpu; ValueError (one line) for one it cannot use."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
+    if device.type == "cuda" and not (torch.cuda.is_available()
+                                      and (device.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"--device {name}: torch sees no such CUDA device; pass --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
+    return device
 
 
 def check_outputs(args: Args) -> Path:

@@ -34,6 +34,9 @@ NO_MUJOCO = pytest.mark.skipif(importlib.util.find_spec("mujoco") is not None, r
 BAD_INPUT = [
     # cartpole_reinforce/train.py
     (CP_TRAIN, ["--log-every", "0"], "--log-every"),
+    (CP_TRAIN, ["--device", "quantum"], "--device"),
+    (LL_TRAIN, ["--device", "cuda:99"], "--device"),  # no such GPU (none at all on most machines)
+    (TT_TRAIN, ["--device", "tpu"], "--device"),
     (CP_TRAIN, ["--max-episodes", "-1"], "--max-episodes"),
     (CP_TRAIN, ["--solve-window", "0"], "--solve-window"),
     (CP_TRAIN, ["--lr", "nan"], "--lr"),
