@@ -32,17 +32,18 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8, help="samples per problem")
     parser.add_argument("--n", type=int, default=100, help="held-out problems")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
     parser.add_argument("--plot", default="grpo_lm/pass_at_k.png", help="where the plot goes (.png)")
     args = parser.parse_args()
-    if args.k < 1 or args.n < 1 or args.threads < 1:
-        parser.error("--k, --n and --threads must be positive")
+    if min(args.k, args.n, args.threads, args.batch_size) < 1:
+        parser.error("--k, --n, --threads and --batch-size must be positive")
     if not args.plot.endswith(".png") or not Path(args.plot).absolute().parent.is_dir():
         parser.error(f"--plot {args.plot!r} must be a .png file in an existing folder")
     results = {}
     for name in args.models:
         label, flags = MODELS[name]
         command = [sys.executable, "grpo_lm/eval.py", *flags, "--pass-at", str(args.k), "--n", str(args.n),
-                   "--threads", str(args.threads), "--json"]
+                   "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--json"]
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"error: {name}: {proc.stderr.strip().splitlines()[-1]}")
