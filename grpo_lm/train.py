@@ -86,7 +86,7 @@ class Args:
     eval_every: int = arg(10, "steps between held-out evaluations")
     eval_size: int = arg(200, "held-out problems (greedy decoding)")
     batch_size: int = arg(32, "sequences per generate call when evaluating")
-    micro_batch: int = arg(8, "sequences per forward/backward of the update (gradients accumulate)")
+    micro_batch: int = arg(4, "sequences per forward/backward of the update (gradients accumulate)")
     out: str = arg("", "run directory (default runs/grpo_lm_s<seed>, numbered if taken)")
     save_to: str = arg("", "also copy the final adapter into this directory (e.g. grpo_lm/adapter)")
     threads: int = arg(1, "torch CPU threads (1 when another job shares the cores)")
