@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "ppo_rlhf_math"))
 import train as rlhf  # noqa: E402  (ppo_rlhf_math/train.py)
 
-ROLLOUT, MINIBATCH, EPOCHS, NEW_TOKENS, LORA_R, LORA_ALPHA, LR, KL_COEF, NO_EOS_PENALTY = 16, 8, 2, 48, 8, 16, 2e-4, 0.05, 1.0
+ROLLOUT, MINIBATCH, EPOCHS, NEW_TOKENS, LORA_R, LORA_ALPHA, LR, KL_COEF = 16, 8, 2, 48, 8, 16, 2e-4, 0.05
+NO_EOS_PENALTY = rlhf.W_NO_EOS  # ours is a constant of train.py; TRL's side gets the same
 EVAL_SIZE = 1  # our held-out evaluation (before step 1 and after the last) runs on one problem, outside the timed steps
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -48,7 +49,7 @@ def throwaway_models(args: rlhf.Args, tmp: Path) -> tuple[Path, Path]:
     base, _ = rlhf.load_base("")
     sft = rlhf.add_lora(base, args)
     sft.save_pretrained(tmp / "sft")
-    rlhf.RewardModel(args.rm_dim, args.rm_layers).save(tmp / "reward")
+    rlhf.RewardModel().save(tmp / "reward")
     return tmp / "sft", tmp / "reward"
 
 
@@ -60,7 +61,7 @@ def run_ours(steps: int, seed: int, threads: int) -> dict:
                                 "--rollout-size", str(ROLLOUT), "--minibatch-size", str(MINIBATCH), "--ppo-epochs", str(EPOCHS),
                                 "--max-new-tokens", str(NEW_TOKENS), "--temperature", "1.0", "--lora-r", str(LORA_R),
                                 "--lora-alpha", str(LORA_ALPHA), "--ppo-lr", str(LR), "--kl-coef", str(KL_COEF),
-                                "--w-no-eos", str(NO_EOS_PENALTY), "--eval-size", str(EVAL_SIZE), "--eval-every", str(10 ** 6),
+                                "--eval-size", str(EVAL_SIZE), "--eval-every", str(10 ** 6),
                                 "--ppo-lora-layers", "0",  # every block adapted, as on TRL's side
                                 # the shipped files only pass the flag checks: train_ppo gets throwaway ones
                                 "--sft-adapter", "ppo_rlhf_math/sft_adapter", "--reward-dir", "ppo_rlhf_math/reward_model"])

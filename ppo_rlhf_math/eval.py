@@ -31,10 +31,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from train import (SHIPPED, Args, Parser, build_prompt, check_model, check_problems, decode,
-                   distinct_problems, evaluate, extract_answer, generate, heldout_pairs, heldout_problems,
-                   load_base, load_problems, load_reward_model, merge_adapter, pairwise_accuracy,
-                   result_digit_accuracy)
+from train import (SHIPPED, Args, Parser, build_prompt, check_model, decode, distinct_problems,
+                   encode_for_reward, evaluate, extract_answer, generate, heldout_pairs, heldout_problems,
+                   load_base, load_reward_model, merge_adapter, pairwise_accuracy, reward_text)
 
 # --unseen: word problems with names and items that no stage trains on (train.NAMES and train.ITEMS are the
 # trained ones), drawn from their own seed. A one-line question ('What is 47 + 38?') has nothing to rename,
@@ -58,9 +57,6 @@ def parse_args(argv=None) -> Namespace:
     parser.add_argument("--sft-adapter", default=str(SHIPPED["sft"]), help="SFT adapter directory")
     parser.add_argument("--ppo-adapter", default=str(SHIPPED["ppo"]), help="PPO adapter directory")
     parser.add_argument("--reward-dir", default=str(SHIPPED["reward"]), help="reward model directory")
-    parser.add_argument("--solutions", choices=["plain", "split"], default="split",
-                        help="--stage reward: the worked-solution style the reward stage was trained with "
-                             "(train.py --solutions)")
     parser.add_argument("--problems", default="", help="JSONL file of {question, answer} lines (default: the "
                                                        "built-in held-out set)")
     parser.add_argument("--n", type=int, default=200, help="number of built-in held-out problems")
@@ -106,6 +102,37 @@ def parse_args(argv=None) -> Namespace:
     return args
 
 
+def load_problems(path: str) -> list[dict]:
+    """A JSONL file of {"question": ..., "answer": <a whole number>}; exit with one line if malformed."""
+    problems = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+                problems.append({"question": str(row["question"]), "answer": str(row["answer"]).strip()})
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise SystemExit(f"error: --problems {path}:{i} is not a JSON object with question, answer")
+            if not re.fullmatch(r"-?\d+", problems[-1]["answer"]):
+                raise SystemExit(f"error: --problems {path}:{i}: answer {row['answer']!r} is not a number")
+    if not problems:
+        raise SystemExit(f"error: --problems {path!r} holds no problems")
+    return problems
+
+
+def check_problems(path: str) -> str | None:
+    if not path:
+        return None
+    if not Path(path).is_file():
+        return f"--problems {path!r} is not a file"
+    try:
+        load_problems(path)
+    except UnicodeDecodeError:
+        return f"--problems {path!r} is not UTF-8 text"
+    except SystemExit as err:
+        return str(err).removeprefix("error: ")
+    return None
+
+
 def load_stage(args: Namespace):
     """base; base + SFT (merged; also for --stage reward, whose pairs are the SFT model's answers); or base +
     SFT (merged) + PPO adapter."""
@@ -122,10 +149,21 @@ def load_stage(args: Namespace):
     return model, tokenizer
 
 
+@torch.no_grad()
+def result_digit_accuracy(rm, answers: list[str]) -> float:
+    """Share of the result digits (after '= ') of these answers, read without their questions, that the
+    reward model's next-character head predicts: how much of the arithmetic it knows."""
+    ids, segments, positions, places, _ = encode_for_reward([None] * len(answers), answers)
+    predicted = rm.next_char(rm.hidden(ids, segments, positions, places)).argmax(-1)
+    hits = [predicted[row, k] == ids[row, k + 1]  # answer character k sits at k + 1, after ANSWER
+            for row, answer in enumerate(answers) for m in re.finditer(r"= (\d+)", reward_text(answer))
+            for k in range(*m.span(1))]
+    return round(torch.stack(hits).float().mean().item(), 4) if hits else float("nan")
+
+
 def evaluate_reward_model(args: Namespace, sft_model, tokenizer) -> None:
     reward_model = load_reward_model(args.reward_dir)
-    _, pairs = heldout_pairs(sft_model, tokenizer, Args(max_new_tokens=args.max_new_tokens,
-                                                        solutions=args.solutions))
+    _, pairs = heldout_pairs(sft_model, tokenizer, Args(max_new_tokens=args.max_new_tokens))
     accuracy = pairwise_accuracy(reward_model, pairs)
     digits = result_digit_accuracy(reward_model, sorted({chosen for _, chosen, _, _ in pairs}))
     print(f"reward model: pairwise accuracy {accuracy['all']:.3f} on {len(pairs)} held-out pairs "

@@ -134,9 +134,6 @@ BAD_INPUT = [
     (RLHF_TRAIN, ["--stage", "ppo", "--out", "{tmp}/lm_run", "--sft-adapter", "{tmp}/adapter",
                   "--reward-dir", "{tmp}/reward"], "--out"),  # its ppo stage is taken
     (RLHF_TRAIN, ["--out", "{tmp}/lm_summary"], "--out"),  # a summary.json of something else
-    (RLHF_TRAIN, ["--problems", "{tmp}/binary.jsonl"], "--problems"),
-    (RLHF_TRAIN, ["--problems", "{tmp}/notjson.jsonl"], "--problems"),
-    (RLHF_TRAIN, ["--problems", "{tmp}/nokey.jsonl"], "--problems"),
     (RLHF_TRAIN, ["--stage", "ppo", "--out", "{tmp}/new"], "--sft-adapter"),  # no SFT stage in --out
     (RLHF_TRAIN, ["--stage", "reward", "--sft-adapter", "{tmp}/full"], "--sft-adapter"),
     (RLHF_TRAIN, ["--stage", "ppo", "--sft-adapter", "{tmp}/adapter", "--reward-dir", "{tmp}/full"],
@@ -150,6 +147,8 @@ BAD_INPUT = [
     # ppo_rlhf_math/eval.py
     (RLHF_EVAL, ["--problems", "{tmp}/binary.jsonl"], "--problems"),
     (RLHF_EVAL, ["--problems", "{tmp}/words.jsonl"], "--problems"),
+    (RLHF_EVAL, ["--problems", "{tmp}/notjson.jsonl"], "--problems"),
+    (RLHF_EVAL, ["--problems", "{tmp}/nokey.jsonl"], "--problems"),
     (RLHF_EVAL, ["--stage", "sft", "--sft-adapter", "{tmp}/full"], "--sft-adapter"),
     (RLHF_EVAL, ["--stage", "reward", "--reward-dir", "{tmp}/full"], "--reward-dir"),
     (RLHF_EVAL, ["--batch-size", "0"], "--batch-size"),

@@ -32,14 +32,12 @@ def tiny_lm(tmp_path_factory):
 def tiny_pipeline(tiny_lm):
     """All three stages, one or two steps each, on the tiny model."""
     out = tiny_lm.parent / "run"
-    args = train.parse_args(["--stage", "all", "--model", str(tiny_lm), "--out", str(out), "--max-new-tokens", "6",
-                             "--batch-size", "4", "--eval-size", "4", "--sft-examples", "8", "--rm-problems", "4",
-                             "--rm-samples", "2", "--rm-eval-problems", "2", "--rm-dim", "16", "--rm-layers", "1", "--rm-arithmetic-steps", "2",
-                             "--rm-arithmetic-batch", "4", "--rm-warmup-steps", "2",
-                             "--rm-warmup-batch", "4", "--rm-steps", "2", "--rm-batch", "4", "--ppo-steps", "2",
-                             "--rollout-size", "4", "--minibatch-size", "2", "--eval-every", "1", "--target-kl", "1.0",
-                             "--ppo-lora-layers", "1", "--samples-per-prompt", "2", "--oversample", "2",
-                             "--w-slip", "0.5", "--greedy-baseline"])
+    args = train.parse_args(["--stage", "all", "--model", str(tiny_lm), "--out", str(out),
+                             "--max-new-tokens", "6", "--batch-size", "4", "--eval-size", "4",
+                             "--sft-examples", "8", "--rm-problems", "4", "--rm-arithmetic-steps", "2",
+                             "--rm-warmup-steps", "2", "--rm-steps", "2", "--ppo-steps", "2",
+                             "--rollout-size", "4", "--minibatch-size", "2", "--eval-every", "1",
+                             "--ppo-lora-layers", "1", "--w-slip", "0.5"])
     return out, train.train(args)
 
 
@@ -68,11 +66,11 @@ def test_unseen_problems_use_names_and_items_no_stage_trains_on():
 
 
 def test_split_solutions_step_tens_then_units():
-    split = [train.in_style(p, "split") for p in train.distinct_problems(3, 80)]
-    assert train.in_style({"question": "What is 61 - 37?", "answer": "24", "solution": "61 - 37 = 24\n#### 24"},
-                          "split")["solution"] == "61 - 30 = 31\n31 - 7 = 24\n#### 24"
-    assert train.in_style({"question": "What is 47 + 40?", "answer": "87", "solution": "47 + 40 = 87\n#### 87"},
-                          "split")["solution"] == "47 + 40 = 87\n#### 87"  # nothing to split
+    split = [train.split_solution(p) for p in train.distinct_problems(3, 80)]
+    one_line = {"question": "What is 61 - 37?", "answer": "24", "solution": "61 - 37 = 24\n#### 24"}
+    assert train.split_solution(one_line)["solution"] == "61 - 30 = 31\n31 - 7 = 24\n#### 24"
+    round_tens = {"question": "What is 47 + 40?", "answer": "87", "solution": "47 + 40 = 87\n#### 87"}
+    assert train.split_solution(round_tens) == round_tens  # nothing to split
     assert all(train.extract_answer(p["solution"]) == p["answer"] and train.first_slip(p["solution"]) is None for p in split)
     assert all(train.extract_answer(train.perturb_solution(p, random.Random(i))) != p["answer"] for i, p in enumerate(split))
 
@@ -133,33 +131,29 @@ def test_policy_loss_clips_and_is_zero_for_zero_advantage():
 
 
 def test_upper_blocks_pass_equals_the_full_pass(tiny_lm):
-    """With the adapter on the top block only, re-running just that block from the cached hidden state (kept by the
-    full pass, or recorded while sampling) gives the full pass's log-probs, values and gradients."""
+    """With the adapter on the top block only, running just that block from the frozen block's output recorded
+    while sampling (the speed path) gives the plain full pass's log-probs, values, entropy and gradients."""
     torch.manual_seed(0)
     base, tokenizer = train.load_base(str(tiny_lm))
-    args = train.parse_args(["--ppo-lora-layers", "1"])
-    first = train.first_adapted_layer(base, args)
-    policy = train.add_lora(base, args, first)
+    policy = train.add_lora(base, train.Args(), top_blocks=1)
     for name, p in policy.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.5)  # a non-trivial adapter
     value_head = torch.nn.Linear(base.config.hidden_size, 1)
-    with train.recording_block_input(policy, first) as pieces:
-        prompt_ids, prompt_mask, completion_ids, mask = train.generate(policy, tokenizer, ["1 + 2 =", "10 + 20 + 3 ="], 5, temperature=1.0)
-    recorded = train.join_block_input(pieces, prompt_ids.shape[1] + mask.shape[1])
-    full = train.policy_forward(policy, value_head, prompt_ids, prompt_mask, completion_ids, mask, 1.0, first)
-    upper = train.policy_forward(policy, value_head, prompt_ids, prompt_mask, completion_ids, mask, 1.0, first, full[3])
-    from_sampling = train.policy_forward(policy, value_head, prompt_ids, prompt_mask, completion_ids, mask, 1.0, first, recorded)
-    assert first == 1 and not any(p.requires_grad for n, p in policy.named_parameters() if ".layers.0." in n)
-    real = torch.cat([prompt_mask, mask], dim=1).bool()
-    real[:, -1] = False  # the last sampled token was never fed back while sampling
-    assert recorded.shape == full[3].shape and torch.allclose(recorded[real], full[3][real], atol=1e-5)
-    for a, b, c in zip(full[:3], upper[:3], from_sampling[:3]):
-        assert torch.allclose(a * mask, b * mask, atol=1e-5) and torch.allclose(a * mask, c * mask, atol=1e-5)
+    batch = train.rollout(policy, tokenizer, [{"question": "1 + 2 ="}, {"question": "10 + 20 + 3 ="}],
+                          train.Args(max_new_tokens=5))
+    plain = {k: v for k, v in batch.items() if k != "lower"}
+    assert train.first_adapted_block(policy) == 1
+    assert not any(p.requires_grad for n, p in policy.named_parameters() if ".layers.0." in n)
+    assert batch["lower"].shape[:2] == (2, batch["prompt_ids"].shape[1] + batch["mask"].shape[1])
+    full, upper = (train.policy_forward(policy, value_head, b, 1.0) for b in (plain, batch))
+    mask = batch["mask"]
+    for a, b in zip(full, upper):
+        assert torch.allclose(a * mask, b * mask, atol=1e-5)
     grads = []
     for out in (full, upper):
         policy.zero_grad()
-        (out[0] * mask).sum().backward(retain_graph=True)
+        (out[0] * mask).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in policy.parameters() if p.requires_grad]))
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-5)
 
@@ -171,7 +165,8 @@ def test_policy_log_probs_match_the_models_own_head(tiny_lm):
     model, tokenizer = train.load_base(str(tiny_lm))
     prompt_ids, prompt_mask, completion_ids, mask = train.generate(model, tokenizer, ["1 + 2 =", "10 + 20 + 3 ="], 6, temperature=1.0)
     mask[0, 2:] = 0  # a completion that ended early
-    logp, _, entropy, _ = train.policy_forward(model, None, prompt_ids, prompt_mask, completion_ids, mask, 0.7)
+    batch = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids, mask=mask)
+    logp, _, entropy = train.policy_forward(model, None, batch, 0.7)
     attention = torch.cat([prompt_mask, mask], dim=1)
     logits = model(input_ids=torch.cat([prompt_ids, completion_ids], dim=1), attention_mask=attention,
                    position_ids=(attention.cumsum(1) - 1).clamp(min=0)).logits[:, prompt_ids.shape[1] - 1:-1]
@@ -181,25 +176,19 @@ def test_policy_log_probs_match_the_models_own_head(tiny_lm):
     assert torch.allclose(entropy, -(logps.exp() * logps).sum(-1) * mask, atol=1e-5)
 
 
-def test_reward_components_on_hand_written_completions():
+def test_sequence_reward_on_hand_written_completions():
     texts = ["12 + 5 = 17\n#### 17",  # correct
              "12 + 5 = 18\n#### 18",  # wrong
              "The answer is 17.",  # no format
              "12 + 5 = 17\n#### 17",  # correct but long (40 of 48 tokens)
              "12 + 5 = 17 and so on and so on"]  # hit the limit, no EOS
     lengths, ended = torch.tensor([12, 12, 8, 40, 48]), torch.tensor([True, True, True, True, False])
-    c = train.reward_components(texts, ["17"] * 5, lengths, ended, max_new_tokens=48)
+    reward, c = train.sequence_reward(texts, ["17"] * 5, lengths, ended, max_new_tokens=48)
     assert c["correct"].tolist() == [1, 0, 0, 1, 0] and c["format"].tolist() == [1, 1, 0, 1, 0]
     assert c["no_eos"].tolist() == [0, 0, 0, 0, 1]
     assert c["brevity"][0] > c["brevity"][3] > 0 and c["brevity"][1] == 0  # brevity pays only correct answers
-    args = train.Args(w_correct=1.0, w_format=0.2, w_brevity=0.1, w_no_eos=1.0)
-    reward = train.sequence_reward(c, args)
     assert reward[0] > reward[3] > reward[1] > reward[2] > reward[4]
-
-
-def test_unsure_groups_come_first():
-    correct = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0])  # four prompts, two completions each
-    assert train.unsure_groups(correct, 2, 3).tolist() == [2, 3, 6, 7, 0, 1]
+    torch.testing.assert_close(reward[:2], torch.tensor([1.0 + 0.2 + 0.1 * (1 - 12 / 48), 0.2]))
 
 
 def test_first_slip_marks_where_the_work_goes_wrong():
@@ -220,10 +209,8 @@ def test_slip_penalty_lands_on_the_token_that_writes_it():
     width = max(map(len, texts))
     ids = torch.tensor([[ord(c) for c in t] + [0] * (width - len(t)) for t in texts])
     mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in texts])
-    slips = train.slip_tokens(DigitTokenizer(), ids, mask, texts)
-    assert slips == [len("8 + 1 = "), None]
-    penalties = train.slip_penalties(slips, mask, 0.5)
-    assert penalties[0, len("8 + 1 = ")] == -0.5 and penalties.sum() == -0.5
+    penalties, no_slip = train.slip_penalties(DigitTokenizer(), ids, mask, texts, 0.5)
+    assert penalties[0, len("8 + 1 = ")] == -0.5 and penalties.sum() == -0.5 and no_slip.tolist() == [0, 1]
 
 
 def test_reward_model_reads_the_last_real_token():
@@ -249,7 +236,8 @@ def test_reward_model_short_rows_as_their_own_batch():
     rm = train.RewardModel(dim=16, layers=1)
     questions = ["What is 2 + 3?", "Ana has 5 apples. Ana gets 7 more and then gives away 4. How many apples does Ana have now?", None]
     ids, segments, positions, places, lengths = train.encode_for_reward(questions, ["2 + 3 = 5\n#### 5", "5 + 7 = 12\n12 - 4 = 8\n#### 8", "#### 1"])
-    full, split = rm.hidden(ids, segments, positions, places), rm.hidden(ids, segments, positions, places, lengths)
+    full = rm.hidden(ids, segments, positions, places)
+    split = train.hidden_by_length(rm, ids, segments, positions, places, lengths)
     real = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
     assert lengths[0] <= lengths.max() // 2 and torch.allclose(full[real], split[real], atol=1e-5)
     split[real].sum().backward()
@@ -268,6 +256,8 @@ def test_prefix_targets_mark_the_first_wrong_digit():
 
 
 def test_result_digit_accuracy_reads_the_digits_after_the_equals_sign():
+    evaluate = load_script("ppo_rlhf_math", "eval")
+
     class Reader:  # next_char(hidden(ids)) at position k predicts the character at k + shift
         def __init__(self, shift):
             self.shift = shift
@@ -278,9 +268,9 @@ def test_result_digit_accuracy_reads_the_digits_after_the_equals_sign():
         def next_char(self, hidden):
             return hidden
     answers = ["11 + 11 = 22\n#### 22", "4 * 8 = 32\n32 - 5 = 27\n#### 27"]
-    assert train.result_digit_accuracy(Reader(shift=1), answers) == 1.0  # always the right next character
+    assert evaluate.result_digit_accuracy(Reader(shift=1), answers) == 1.0  # always the right next character
     # repeating the current character: right only on the second 2 of 22 (read units first, 32 and 27 read 23 and 72)
-    assert train.result_digit_accuracy(Reader(shift=0), answers) == pytest.approx(1 / 6, abs=1e-4)
+    assert evaluate.result_digit_accuracy(Reader(shift=0), answers) == pytest.approx(1 / 6, abs=1e-4)
 
 
 def test_perturbed_solution_is_wrong_and_well_formed():
@@ -295,7 +285,6 @@ def test_each_stage_runs_and_writes_outputs(tiny_pipeline):
     assert set(summary) == {"sft", "reward", "ppo"} and all(summary[s]["seconds"] > 0 for s in summary)
     assert (out / "sft" / "adapter" / "adapter_config.json").is_file()
     assert (out / "reward" / "model" / "reward_model.pt").is_file() and 0 <= summary["reward"]["pairwise_accuracy"] <= 1
-    assert 0 <= summary["reward"]["result_digit_accuracy"] <= 1
     phases = [line.split(",")[1] for line in (out / "reward" / "metrics.csv").read_text().splitlines()[1:]]
     assert phases == ["arithmetic"] * 2 + ["warmup"] * 2 + ["pairs"] * 2
     assert (out / "ppo" / "adapter" / "value_head.pt").is_file() and (out / "ppo" / "learning_curve.png").is_file()
@@ -303,8 +292,7 @@ def test_each_stage_runs_and_writes_outputs(tiny_pipeline):
     assert len(evals) == 3 and {"accuracy", "format_rate", "mean_length", "n"} <= set(json.loads(evals[-1].read_text()))
     rows = (out / "ppo" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    for name in ("policy_loss", "value_loss", "kl", "reward_reward_model", "reward_no_slip", "grad_norm", "unsure_groups",
-                 "reward_greedy_correct"):
+    for name in ("policy_loss", "value_loss", "kl", "reward_reward_model", "reward_no_slip", "grad_norm"):
         assert all(float(r.split(",")[header.index(name)]) == float(r.split(",")[header.index(name)]) for r in rows[1:]), name
     assert json.loads((out / "summary.json").read_text())["ppo"]["final"]["n"] == 4
 
@@ -394,7 +382,7 @@ def test_shipped_files_load():
     too); the shipped adapters are LoRA adapters of the rank train.py uses."""
     rm = train.load_reward_model(FOLDER / "reward_model")
     held = {p["question"] for p in train.heldout_problems(200)}
-    problems = [train.in_style(p, "split") for p in train.distinct_problems(train.RM_HELDOUT_SEED, 100, held)]
+    problems = [train.split_solution(p) for p in train.distinct_problems(train.RM_HELDOUT_SEED, 100, held)]
     pairs = train.preference_pairs(problems, [[] for _ in problems], random.Random(0))  # one perturbed pair each
     assert len(pairs) == 100 and train.pairwise_accuracy(rm, pairs)["perturbed"] >= 0.8
     for adapter in ("sft_adapter", "ppo_adapter"):
@@ -422,7 +410,3 @@ def test_bad_inputs_give_one_clear_error(tmp_path):
     assert result.returncode == 2 and "--unseen" in result.stderr
     result = run("train.py", "--ppo-lora-layers", "-1")
     assert result.returncode == 2 and "--ppo-lora-layers" in result.stderr and "must be 0 or more" in result.stderr
-    result = run("train.py", "--rollout-size", "30", "--samples-per-prompt", "4")
-    assert result.returncode == 2 and "multiple of --samples-per-prompt" in result.stderr
-    result = run("train.py", "--oversample", "2")
-    assert result.returncode == 2 and "--oversample needs --samples-per-prompt" in result.stderr
