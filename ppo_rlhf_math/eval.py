@@ -17,7 +17,7 @@ K, K completions of each problem at temperature 1 (the sampling PPO trains on) g
 share of them right), pass_at_k (at least one right), majority_at_k (their most common answer is right) and
 near_ties (the greedy answer is wrong but at least a quarter of the samples are right: the problems a policy
 that only re-weights its own answers can fix). The reward model's pairs are the ones its training stage
-reports (train.heldout_pairs: the SFT model's answers, drawn with their own seeds, about 5 minutes on one
+reports (train.heldout_pairs: the SFT model's answers, drawn with their own seeds, 2-5 minutes on one
 core); pairwise accuracy is the share whose chosen (correct) answer scores higher, and result_digit_accuracy
 the share of the chosen answers' result digits (after '= ') that its next-character head predicts.
 """
