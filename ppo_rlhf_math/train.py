@@ -682,6 +682,7 @@ def update(policy, value_head, optimizer, accelerator, batch: dict, args: Args) 
 def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, log) -> dict:
     """PPO from the SFT model with a KL-shaped reward. Saves <run_dir>/ppo/adapter with value_head.pt."""
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    warn_if_single_process(accelerator)
     n = accelerator.num_processes
     log(f"PPO: {n} process{'es' if n > 1 else ''} on {accelerator.device}, {args.rollout_size} "
         "completions per step in each")
@@ -1154,6 +1155,19 @@ def check_outputs(args: Args) -> Path:
         if found == "cannot be created":
             raise ValueError(f"--out: the default run directory {run_dir} cannot be created; pass --out DIR")
         run_dir = base.with_name(f"{base.name}-{n}")
+
+
+def warn_if_single_process(accelerator) -> None:
+    """`accelerate launch --num_processes 2 --cpu` silently starts ONE process (the CPU flag picks its
+    single-process launcher): say so, reading the launcher's command line (Linux)."""
+    launcher = Path(f"/proc/{os.getppid()}/cmdline")
+    words = launcher.read_bytes().decode(errors="replace").split("\0") if launcher.is_file() else []
+    asked = [w.split("=")[-1] if "=" in w else next(iter(words[i + 1:i + 2]), "") for i, w in enumerate(words)
+             if w.startswith(("--num_processes", "--num-processes"))]
+    if accelerator.num_processes == 1 and any(a.isdecimal() and int(a) > 1 for a in asked):
+        print(f"warning: launched for {asked[0]} processes but running as one; for several CPU processes "
+              "use `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":
