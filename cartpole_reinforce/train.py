@@ -52,7 +52,7 @@ class Args:
                 "to replace (e.g. cartpole_reinforce/policy.pt)"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (a 4-128-2 MLP is fastest on one)"})
     device: str = field(default="auto", metadata={
-        "help": "cpu, cuda, cuda:N or auto (cuda when torch sees a GPU; a network this small is fast on cpu)"})
+        "help": "cpu, cuda, cuda:N or auto (cuda when torch sees a GPU; this small a net is fast on cpu)"})
     log_every: int = field(default=50, metadata={"help": "print a summary line every N episodes"})
 
 

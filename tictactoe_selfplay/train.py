@@ -415,7 +415,8 @@ def train(args: Args) -> dict:
         taken = log_p.gather(1, torch.as_tensor(actions, device=log_p.device).unsqueeze(1)).squeeze(1)  # (N,)
         entropy = masked_entropy(log_p)
         returns = torch.cat(returns).to(values.device)  # (N,)
-        loss, policy_loss, value_loss = actor_critic_loss(taken, values, returns, entropy, args.vf_coef, args.ent_coef)
+        loss, policy_loss, value_loss = actor_critic_loss(taken, values, returns, entropy, args.vf_coef,
+                                                          args.ent_coef)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
