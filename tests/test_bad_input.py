@@ -4,18 +4,25 @@ Each row of BAD_INPUT is (script, its flags, the flag the error must name). The 
 from the repository root; the test asserts a non-zero exit, no "Traceback" and an `error:` line naming the
 flag. In the flags, {tmp} is a folder of files the scripts did not write (`unrelated_files`), and the test
 checks that every one of them is left as it was. The checks come before a model loads or an episode runs,
-so a row costs about what the script's imports cost.
+so a row would cost what the script's imports cost (seconds: torch, transformers): the rows run in a fork of
+this process instead (`run_forked`), whose libraries are imported once, and the first row of each script
+also runs in a fresh interpreter, so the fork cannot hide what a real command line would show.
 
 The tests after the table hold every script to the rule for outputs: nothing deletes or overwrites what it
 did not write (--out, --save-to, --gif pointed at an unrelated file or a folder holding one), a taken default
 run directory gets the next free suffix, a failed check leaves no run directory, and a checkpoint or GIF of
 the script's own kind is replaced with a line that says so.
 """
+import importlib
 import importlib.util
 import os
+import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 import pytest
@@ -190,14 +197,60 @@ def snapshot(folder: Path) -> dict:
     return {p.relative_to(folder): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
 
 
+ENV = {"MPLBACKEND": "Agg", "SDL_VIDEODRIVER": "dummy", "HF_HUB_OFFLINE": "1"}
+DISPLAYS = ("DISPLAY", "WAYLAND_DISPLAY")  # --render must find no display, and no window opens
+PRELOADED = ("torch", "gymnasium", "accelerate", "tqdm", "peft", "transformers", "matplotlib.pyplot")
+
+
 def run(script: str, argv: list, cwd: Path = REPO, pythonpath: str = "") -> subprocess.CompletedProcess:
-    env = {**os.environ, "MPLBACKEND": "Agg", "SDL_VIDEODRIVER": "dummy", "HF_HUB_OFFLINE": "1"}
-    for name in ("DISPLAY", "WAYLAND_DISPLAY"):  # --render must find no display, and no window opens
+    env = {**os.environ, **ENV}
+    for name in DISPLAYS:
         env.pop(name, None)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, str(REPO / script), *argv], cwd=cwd, env=env,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+
+
+def run_forked(script: str, argv: list) -> subprocess.CompletedProcess:
+    """`python script argv` from the repository root, in a child forked from this process: the same
+    __main__ run, stdin, stdout, stderr and exit status, with the libraries already imported."""
+    for name in PRELOADED:
+        importlib.import_module(name)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                signal.alarm(120)  # a child stuck on a lock it inherited fails its row instead of hanging
+                for fd, target in ((0, os.open(os.devnull, os.O_RDONLY)), (1, out.fileno()), (2, err.fileno())):
+                    os.dup2(target, fd)
+                sys.stdin, sys.stdout, sys.stderr = open(0), open(1, "w"), open(2, "w")
+                os.chdir(REPO)
+                os.environ.update(ENV)
+                for name in DISPLAYS:
+                    os.environ.pop(name, None)
+                sys.argv, sys.path[0] = [str(REPO / script), *argv], str((REPO / script).parent)
+                sys.modules.pop("train", None)  # eval.py and play.py import their own folder's train.py
+                runpy.run_path(str(REPO / script), run_name="__main__")
+                code = 0
+            except SystemExit as exit_:  # what the interpreter does with it
+                if isinstance(exit_.code, int) or exit_.code is None:
+                    code = exit_.code or 0
+                else:
+                    print(exit_.code, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        streams = []
+        for stream in (out, err):
+            stream.seek(0)
+            streams.append(stream.read().decode(errors="replace"))
+    return subprocess.CompletedProcess([script, *argv], os.waitstatus_to_exitcode(status), *streams)
 
 
 def assert_fails_in_one_line(result: subprocess.CompletedProcess, flag: str) -> None:
@@ -210,7 +263,21 @@ def assert_fails_in_one_line(result: subprocess.CompletedProcess, flag: str) -> 
 def test_bad_input_fails_in_one_line(tmp_path, script, argv, flag):
     unrelated_files(tmp_path)
     before = snapshot(tmp_path)
+    result = run_forked(script, [arg.replace("{tmp}", str(tmp_path)) for arg in argv])
+    assert_fails_in_one_line(result, flag)
+    assert snapshot(tmp_path) == before
+
+
+PLAIN_ROWS = [row for row in BAD_INPUT if not hasattr(row, "marks")]  # pytest.param rows are skippable
+FIRST_ROWS = [next(row for row in PLAIN_ROWS if row[0] == script) for script in dict.fromkeys(r[0] for r in PLAIN_ROWS)]
+
+
+@pytest.mark.parametrize("script, argv, flag", FIRST_ROWS)
+def test_the_first_row_of_each_script_in_a_fresh_interpreter(tmp_path, script, argv, flag):
+    unrelated_files(tmp_path)
+    before = snapshot(tmp_path)
     result = run(script, [arg.replace("{tmp}", str(tmp_path)) for arg in argv])
+    assert result.returncode == run_forked(script, [a.replace("{tmp}", str(tmp_path)) for a in argv]).returncode
     assert_fails_in_one_line(result, flag)
     assert snapshot(tmp_path) == before
 
