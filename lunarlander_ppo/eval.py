@@ -3,8 +3,9 @@
     python lunarlander_ppo/eval.py --episodes 100 --seed 424242 --json
     python lunarlander_ppo/eval.py --episodes 1 --seed 3 --gif lunarlander_ppo/landing.gif
 
-The checkpoint records its env (LunarLander-v3, continuous or not, wind or not), so the same command
-evaluates any checkpoint written by train.py. Episode i is reset with seed S+i.
+The checkpoint records its env (the id, continuous or not, wind or not, --env-kwargs, the network width), so
+the same command evaluates any checkpoint written by train.py, and refuses one whose networks do not fit it.
+Episode i is reset with seed S+i.
 """
 import argparse
 import importlib.util
@@ -13,13 +14,12 @@ import os
 import sys
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import (SHIPPED_WEIGHTS, Parser, can_write_in, check_env, env_kwargs, evaluate,  # noqa: E402
-                   load_checkpoint, to_env_actions)
+from train import (SHIPPED_WEIGHTS, Parser, can_write_in, check_fits_env, evaluate,  # noqa: E402
+                   load_checkpoint, make_env, to_env_actions)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,7 +70,7 @@ def check_gif(path: Path) -> None:
 @torch.no_grad()
 def play(agent, ckpt: dict, seed: int, greedy: bool, render_mode: str) -> tuple[float, list]:
     """One episode in a single env with rendering; return its return and the rgb frames (if any)."""
-    env = gym.make(ckpt["env_id"], render_mode=render_mode, **env_kwargs(ckpt["env_id"], ckpt["continuous"], ckpt["wind"]))
+    env = make_env(ckpt["env_id"], ckpt["continuous"], ckpt["wind"], ckpt["env_kwargs"], render_mode)
     obs, _ = env.reset(seed=seed)
     frames, total, done = [], 0.0, False
     while not done:
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     try:
         agent, ckpt = load_checkpoint(args.weights)
-        check_env(ckpt["env_id"], ckpt["continuous"], ckpt["wind"])  # its env may need a missing package
+        check_fits_env(agent, ckpt, args.weights)  # its env may need a missing package
     except ValueError as err:
         print(f"error: --weights: {err}", file=sys.stderr)
         return 1
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         print(f"wrote {args.gif} (episode with seed {args.seed}, return {total:.1f})")
 
     returns = evaluate(agent, ckpt["env_id"], args.episodes, args.seed, greedy=greedy,
-                       continuous=ckpt["continuous"], wind=ckpt["wind"])
+                       continuous=ckpt["continuous"], wind=ckpt["wind"], extra=ckpt["env_kwargs"])
     print(f"{'episode':>7}  {'seed':>8}  {'return':>8}")
     for i, ret in enumerate(returns):
         print(f"{i:7d}  {args.seed + i:8d}  {ret:8.1f}")

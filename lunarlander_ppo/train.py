@@ -3,6 +3,7 @@
     python lunarlander_ppo/train.py                       # trains a lander that lands (a few minutes)
     python lunarlander_ppo/train.py --env-id CartPole-v1 --total-timesteps 100000
     python lunarlander_ppo/train.py --continuous --wind    # LunarLanderContinuous with wind and turbulence
+    python lunarlander_ppo/train.py --env-id Taxi-v4       # Discrete observations, one-hot encoded
 
 Each update collects `num_envs x num_steps` transitions with the current policy, estimates advantages
 with GAE, then takes several epochs of minibatch gradient steps on the clipped surrogate objective,
@@ -16,6 +17,7 @@ Notebooks: notebooks/02_gae.ipynb (compute_gae) and notebooks/03_ppo_clipping.ip
 import argparse
 import csv
 import dataclasses
+import json
 import math
 import os
 import random
@@ -38,7 +40,9 @@ SHIPPED_WEIGHTS = FOLDER / "agent.pt"
 @dataclass
 class Args:
     env_id: str = field(default="LunarLander-v3", metadata={
-        "help": "any Gymnasium env with flat Box observations and Discrete or flat Box actions"})
+        "help": "any Gymnasium env with flat Box or Discrete observations and Discrete or flat Box actions"})
+    env_kwargs: str = field(default="", metadata={
+        "help": "JSON keyword arguments for gym.make, e.g. '{\"is_slippery\": false}' for FrozenLake-v1"})
     continuous: bool = field(default=False, metadata={"help": "LunarLander only: continuous engines (Gaussian policy)"})
     wind: bool = field(default=False, metadata={"help": "LunarLander only: turn on wind and turbulence"})
     seed: int = field(default=1, metadata={"help": "seed for python, numpy, torch and the envs"})
@@ -78,17 +82,31 @@ class Args:
 # ---------------------------------------------------------------------------------------------
 # Environments
 # ---------------------------------------------------------------------------------------------
-def env_kwargs(env_id: str, continuous: bool, wind: bool) -> dict:
-    if not env_id.startswith("LunarLander"):
-        return {}
-    return {"continuous": continuous, "enable_wind": wind}
+def env_kwargs(env_id: str, continuous: bool, wind: bool, extra: str = "") -> dict:
+    """gym.make's keyword arguments: LunarLander's two switches, then --env-kwargs (a JSON object)."""
+    lander = {"continuous": continuous, "enable_wind": wind} if env_id.startswith("LunarLander") else {}
+    return {**lander, **(json.loads(extra) if extra else {})}
+
+
+def make_env(env_id: str, continuous: bool = False, wind: bool = False, extra: str = "",
+             render_mode: str | None = None) -> gym.Env:
+    """gym.make, with Discrete observations (a state index: FrozenLake, Taxi, CliffWalking) turned into
+    one-hot vectors, so the same MLP reads them: an index is a name, not a quantity (state 7 is not
+    "more" than state 6), and one-hot input makes each state's first layer weights its own."""
+    env = gym.make(env_id, render_mode=render_mode, **env_kwargs(env_id, continuous, wind, extra))
+    space = env.observation_space
+    if isinstance(space, gym.spaces.Discrete):
+        eye = np.eye(int(space.n), dtype=np.float32)
+        one_hot = gym.spaces.Box(0.0, 1.0, (int(space.n),), np.float32)
+        env = gym.wrappers.TransformObservation(env, lambda s: eye[int(s) - int(space.start)], one_hot)
+    return env
 
 
 def make_vector_env(args: Args, num_envs: int, asynchronous: bool = False) -> gym.vector.VectorEnv:
     """SAME_STEP autoreset: an env that ends is reset inside the same `step`, its last observation
     handed back in infos["final_obs"]. We need it to bootstrap truncated episodes (see compute_gae)."""
-    kwargs = env_kwargs(args.env_id, args.continuous, args.wind)
-    fns = [lambda: gym.make(args.env_id, **kwargs) for _ in range(num_envs)]
+    fns = [lambda: make_env(args.env_id, args.continuous, args.wind, args.env_kwargs)
+           for _ in range(num_envs)]
     mode = gym.vector.AutoresetMode.SAME_STEP
     vec = gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode) if asynchronous else gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
     return gym.wrappers.vector.RecordEpisodeStatistics(vec)
@@ -223,13 +241,13 @@ def explained_variance(pred, target) -> float:
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(agent: Agent, env_id: str, episodes: int, seed: int, greedy: bool = True,
-             continuous: bool = False, wind: bool = False, num_envs: int = 16) -> list[float]:
+             continuous: bool = False, wind: bool = False, num_envs: int = 16,
+             extra: str = "") -> list[float]:
     """Return of each of `episodes` episodes, episode i reset with seed + i, run `num_envs` at a time."""
-    kwargs = env_kwargs(env_id, continuous, wind)
     returns, device = [], next(agent.parameters()).device
     for start in range(0, episodes, num_envs):
         n = min(num_envs, episodes - start)
-        env = gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **kwargs) for _ in range(n)],
+        env = gym.vector.SyncVectorEnv([lambda: make_env(env_id, continuous, wind, extra) for _ in range(n)],
                                        autoreset_mode=gym.vector.AutoresetMode.DISABLED)
         obs, _ = env.reset(seed=[seed + start + i for i in range(n)])
         totals, alive = np.zeros(n), np.ones(n, dtype=bool)
@@ -262,7 +280,7 @@ def save_checkpoint(agent: Agent, args: Args, path: Path) -> None:
     """A state_dict plus the few facts needed to rebuild the agent (no pickled modules)."""
     state = {k: v.cpu() for k, v in agent.state_dict().items()}  # CPU tensors, whatever trained them
     torch.save({"state_dict": state, "env_id": args.env_id, "continuous": args.continuous,
-                "wind": args.wind, "hidden": args.hidden}, path)
+                "wind": args.wind, "env_kwargs": args.env_kwargs, "hidden": args.hidden}, path)
 
 
 def load_checkpoint(path) -> tuple[Agent, dict]:
@@ -284,7 +302,21 @@ def load_checkpoint(path) -> tuple[Agent, dict]:
         agent.load_state_dict(state)
     except Exception as err:
         raise ValueError(f"cannot read a PPO checkpoint from {path}: {type(err).__name__}") from None
+    ckpt.setdefault("env_kwargs", "")  # checkpoints written before --env-kwargs existed
     return agent.eval(), ckpt
+
+
+def check_fits_env(agent: Agent, ckpt: dict, path) -> None:
+    """The env a checkpoint names can be made here (it may need a package) and the agent's networks fit its
+    spaces (a checkpoint whose env id was changed, or of a look-alike env); ValueError, one line."""
+    obs_space, act_space = check_env(ckpt["env_id"], ckpt["continuous"], ckpt["wind"], ckpt["env_kwargs"])
+    n_actions = act_space.shape[0] if isinstance(act_space, gym.spaces.Box) else act_space.n
+    env_dims = (obs_space.shape[0], n_actions)
+    agent_dims = (agent.critic[0].in_features, agent.actor[-1].out_features)
+    if agent_dims != env_dims or agent.continuous != isinstance(act_space, gym.spaces.Box):
+        raise ValueError(f"{path} names {ckpt['env_id']}, whose observations and actions are "
+                         f"{env_dims[0]} and {env_dims[1]} wide, but its networks take {agent_dims[0]} "
+                         f"and give {agent_dims[1]}")
 
 
 def plot_learning_curve(episodes: list[tuple], evals: list[tuple], title: str, path: Path) -> None:
@@ -424,7 +456,8 @@ def train(args: Args) -> dict:
                "update_seconds": round(clock["update"], 3)}
         if global_step >= next_eval or update == num_updates:
             next_eval += args.eval_every
-            eval_returns = evaluate(agent, args.env_id, args.eval_episodes, seed=10_000, continuous=args.continuous, wind=args.wind)
+            eval_returns = evaluate(agent, args.env_id, args.eval_episodes, seed=10_000,
+                                    continuous=args.continuous, wind=args.wind, extra=args.env_kwargs)
             row["eval_mean_return"] = float(np.mean(eval_returns))
             evals.append((global_step, row["eval_mean_return"]))
             writer.add_scalar("eval/mean_return", row["eval_mean_return"], global_step)
@@ -440,7 +473,8 @@ def train(args: Args) -> dict:
             writer.add_scalar(f"losses/{key}", row[key], global_step)
         bar.set_postfix(ret=f"{row['episodic_return']:.0f}", sps=row["sps"])
         if row["eval_mean_return"] >= args.stop_score:  # confirm on 100 other episodes before stopping
-            confirm = evaluate(agent, args.env_id, 100, seed=20_000, continuous=args.continuous, wind=args.wind)
+            confirm = evaluate(agent, args.env_id, 100, seed=20_000, continuous=args.continuous,
+                               wind=args.wind, extra=args.env_kwargs)
             tqdm.write(f"confirmation over 100 greedy episodes: {np.mean(confirm):.1f}")
             if np.mean(confirm) >= args.stop_score:
                 reached = {"global_step": global_step, "train_seconds": train_seconds, "cpu_seconds": clock["cpu"],
@@ -534,9 +568,17 @@ def parse_args(argv=None) -> Args:
     if (args.continuous or args.wind) and not args.env_id.startswith("LunarLander"):
         parser.error("--continuous and --wind apply to LunarLander only")
     try:
-        check_env(args.env_id, args.continuous, args.wind)
+        kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
+    except json.JSONDecodeError as err:
+        parser.error(f"--env-kwargs {args.env_kwargs!r} is not JSON: {err.msg}")
+    if not isinstance(kwargs, dict):
+        parser.error(f"--env-kwargs {args.env_kwargs!r} must be a JSON object, "
+                     "like '{\"is_slippery\": false}'")
+    try:
+        check_env(args.env_id, args.continuous, args.wind, args.env_kwargs)
     except ValueError as err:
-        parser.error(f"--env-id {err}")
+        flag = "--env-kwargs" if args.env_kwargs and "unexpected keyword" in str(err) else "--env-id"
+        parser.error(f"{flag} {err}")
     try:
         pick_device(args.device)
         check_outputs(args)
@@ -550,26 +592,29 @@ def parse_args(argv=None) -> Args:
 
 
 def check_spaces(obs_space: gym.Space, act_space: gym.Space) -> None:
-    """The spaces the agent's MLPs take: a flat Box of observations, Discrete or flat Box actions.
-    ValueError, one line, for any other."""
+    """The spaces the agent's MLPs take (after make_env's one-hot encoding of Discrete observations): a flat
+    Box of observations, Discrete or flat Box actions. ValueError, one line, for any other."""
     if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
-        raise ValueError(f"observations are {obs_space}; this PPO takes a flat Box (a vector of numbers)")
+        raise ValueError(f"observations are {obs_space}; this PPO takes a flat Box (a vector of numbers) or "
+                         "Discrete (one-hot encoded)")
     if not (isinstance(act_space, gym.spaces.Discrete) or
             (isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1)):
         raise ValueError(f"actions are {act_space}; this PPO takes Discrete or a flat Box")
 
 
-def check_env(env_id: str, continuous: bool, wind: bool) -> None:
+def check_env(env_id: str, continuous: bool, wind: bool, extra: str = "") -> tuple[gym.Space, gym.Space]:
     """Make the env once, to see that it exists, that what it needs is installed and that its spaces fit.
-    ValueError, one line that starts with the env id."""
+    Returns (observation space, action space) as the agent sees them; ValueError, one line that starts
+    with the env id."""
     try:
-        env = gym.make(env_id, **env_kwargs(env_id, continuous, wind))
+        env = make_env(env_id, continuous, wind, extra)
     except Exception as err:  # unknown or deprecated ids, missing packages (DependencyNotInstalled names pip)
         if isinstance(err, ModuleNotFoundError) and err.name:  # a bare import error: say what to install
             raise ValueError(f"{env_id} needs {err.name}, not installed: pip install {err.name}") from None
         raise ValueError(f"{env_id}: {' '.join(str(err).split())}") from None
     try:
         check_spaces(env.observation_space, env.action_space)
+        return env.observation_space, env.action_space
     except ValueError as err:
         raise ValueError(f"{env_id}: {err}") from None
     finally:

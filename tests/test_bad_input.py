@@ -70,7 +70,8 @@ BAD_INPUT = [
     (CP_EVAL, ["--render"], "--render"),  # no display
     # lunarlander_ppo/train.py
     (LL_TRAIN, ["--env-id", "Blackjack-v1"], "--env-id"),  # Tuple observations
-    (LL_TRAIN, ["--env-id", "FrozenLake-v1"], "--env-id"),  # Discrete observations
+    (LL_TRAIN, ["--env-id", "FrozenLake-v1", "--env-kwargs", '{"slippery": false}'], "--env-kwargs"),
+    (LL_TRAIN, ["--env-kwargs", "is_slippery=False"], "--env-kwargs"),  # not JSON
     (LL_TRAIN, ["--env-id", "CarRacing-v3"], "--env-id"),  # image observations
     pytest.param(LL_TRAIN, ["--env-id", "HalfCheetah-v5"], "--env-id", marks=NO_MUJOCO),
     (LL_TRAIN, ["--env-id", "LunarLander-v2"], "--env-id"),  # gone in Gymnasium 1.x
@@ -93,6 +94,7 @@ BAD_INPUT = [
     (LL_EVAL, ["--weights", "{tmp}/cartpole.pt"], "--weights"),
     pytest.param(LL_EVAL, ["--weights", "{tmp}/mujoco.pt"], "--weights", marks=NO_MUJOCO),  # a MuJoCo env
     (LL_EVAL, ["--seed", "-1"], "--seed"),
+    (LL_EVAL, ["--weights", "{tmp}/renamed.pt"], "--weights"),  # names an env its networks do not fit
     # tictactoe_selfplay/train.py
     (TT_TRAIN, ["--games", "0"], "--games"),
     (TT_TRAIN, ["--games-per-update", "-1"], "--games-per-update"),
@@ -176,6 +178,7 @@ def unrelated_files(tmp: Path) -> None:
     shutil.copy(REPO / "lunarlander_ppo" / "agent.pt", tmp / "ppo.pt")
     checkpoint = torch.load(tmp / "ppo.pt", weights_only=True)
     torch.save({**checkpoint, "env_id": "HalfCheetah-v5"}, tmp / "mujoco.pt")  # as if trained on a MuJoCo env
+    torch.save({**checkpoint, "env_id": "CartPole-v1"}, tmp / "renamed.pt")
     # for the language-model scripts: --problems files that are not problems, run directories and models
     (tmp / "binary.jsonl").write_bytes(b"\xff\xfe\x00\x89PNG not text")
     (tmp / "empty.jsonl").write_text("")

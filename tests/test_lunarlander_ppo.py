@@ -67,6 +67,8 @@ def test_ppo_losses_on_hand_made_tensors():
     ["--env-id", "LunarLander-v3"],
     ["--env-id", "CartPole-v1"],
     ["--env-id", "LunarLander-v3", "--continuous", "--wind"],
+    ["--env-id", "FrozenLake-v1", "--env-kwargs", '{"is_slippery": false}'],  # Discrete observations
+    ["--env-id", "Taxi-v4"],
 ])
 def test_tiny_training_run(tmp_path, flags):
     (tmp_path / "run").mkdir()  # an existing empty directory is a fine --out
@@ -83,6 +85,27 @@ def test_tiny_training_run(tmp_path, flags):
     assert all(math.isfinite(float(r[k])) for r in rows for k in ("policy_loss", "value_loss", "entropy", "approx_kl"))
     agent, ckpt = train.load_checkpoint(run_dir / "final.pt")
     assert agent.continuous == ("--continuous" in flags) and ckpt["env_id"] == args.env_id
+    assert ckpt["env_kwargs"] == args.env_kwargs and ckpt["wind"] == args.wind
+    train.check_fits_env(agent, ckpt, run_dir / "final.pt")  # eval.py rebuilds the same env from it
+
+
+def test_discrete_observations_are_one_hot():
+    env = train.make_env("FrozenLake-v1", extra='{"is_slippery": false}')
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.shape == (16,) and obs.dtype == "float32"
+    assert obs.tolist() == [1.0] + [0.0] * 15  # the start state, 0
+    obs, *_ = env.step(2)  # right: state 1
+    assert obs.argmax() == 1 and obs.sum() == 1
+
+
+def test_a_checkpoint_that_does_not_fit_its_env_is_refused(tmp_path):
+    ckpt = torch.load(train.SHIPPED_WEIGHTS, weights_only=True)
+    torch.save({**ckpt, "env_id": "CartPole-v1"}, tmp_path / "renamed.pt")
+    result = run(EVAL, "--weights", str(tmp_path / "renamed.pt"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    said = (f"error: --weights: {tmp_path / 'renamed.pt'} names CartPole-v1, whose observations and actions "
+            "are 4 and 2 wide, but its networks take 8 and give 4")
+    assert result.stderr.splitlines() == [said]
 
 
 def test_shipped_weights_land():
