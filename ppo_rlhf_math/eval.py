@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from train import (SHIPPED, Args, Parser, build_prompt, check_model, decode, distinct_problems,
                    encode_for_reward, evaluate, extract_answer, generate, heldout_pairs, heldout_problems,
-                   load_base, load_reward_model, merge_adapter, pairwise_accuracy, reward_text)
+                   load_base, load_reward_model, merge_adapter, one_line_errors, pairwise_accuracy,
+                   reward_text)
 
 # --unseen: word problems with names and items that no stage trains on (train.NAMES and train.ITEMS are the
 # trained ones), drawn from their own seed. A one-line question ('What is 47 + 38?') has nothing to rename,
@@ -141,11 +142,8 @@ def load_stage(args: Namespace):
         model = merge_adapter(model, args.sft_adapter)
     if args.stage == "ppo":
         from peft import PeftModel
-        try:
+        with one_line_errors(f"--ppo-adapter {args.ppo_adapter!r}"):  # corrupt or mismatched adapter files
             model = PeftModel.from_pretrained(model, args.ppo_adapter).eval()
-        except Exception as err:  # corrupt or mismatched adapter files: one line, not a traceback
-            reason = f"{type(err).__name__}: {str(err).splitlines()[0]}"
-            raise SystemExit(f"error: cannot load --ppo-adapter {args.ppo_adapter!r}: {reason}")
     return model, tokenizer
 
 

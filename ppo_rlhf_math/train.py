@@ -7,16 +7,13 @@ KL penalty to the SFT model, on grpo_lm's model (SmolLM2-135M-Instruct), task, p
         --reward-dir ppo_rlhf_math/reward_model
     accelerate launch --multi_gpu --num_processes 2 ppo_rlhf_math/train.py --stage ppo ...  # 2 processes
 
-1. SFT (`train_sft`): LoRA on worked solutions ending in '#### <answer>' (Ouyang et al. 2022,
-   "InstructGPT", arXiv:2203.02155).
-2. Reward model (`train_reward_model`): the Bradley-Terry loss on (right, wrong) answer pairs (InstructGPT
-   eq. 1; Stiennon et al. 2020, arXiv:2009.01325), on a small character transformer trained from scratch,
-   first on the arithmetic alone: the SFT backbone with a LoRA did not see its own slips (NOTES.md).
-3. PPO (`train_ppo`): a fresh LoRA adapter and a value head on the SFT model, which with the adapter off
-   is the reference; the score at the last token, a KL penalty on every token (Ziegler et al. 2019,
-   arXiv:1909.08593), GAE over tokens, clipped policy and value losses (Schulman et al. 2017,
-   arXiv:1707.06347; Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO", 2403.17031).
-
+1. SFT (`train_sft`): LoRA on worked solutions ending in '#### <answer>' (InstructGPT, arXiv:2203.02155).
+2. Reward model (`train_reward_model`): Bradley-Terry on (right, wrong) answer pairs (InstructGPT eq. 1;
+   Stiennon 2020, 2009.01325) on a small character transformer taught the arithmetic first: the SFT
+   backbone with a LoRA did not see its own slips (NOTES.md).
+3. PPO (`train_ppo`): a fresh LoRA and a value head on the SFT model (adapter off: the reference), the score
+   at the last token, a KL penalty on every token (Ziegler 2019, 1909.08593), GAE over tokens, clipped
+   losses (Schulman 2017, 1707.06347; Huang 2024, "The N+ Implementation Details of RLHF with PPO").
 Left out: human labels (a checker labels the pairs), an adaptive KL coefficient, dropout (off). The math
 by hand: notebooks/05_rlhf_rewards.ipynb. The trials behind the defaults: NOTES.md.
 """
@@ -110,11 +107,11 @@ ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "coins"
 INSTRUCTION = "Give the final answer on the last line in the form '#### <number>'."
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 ARITHMETIC_LINE = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)")
+WORK_LINE = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = |#### ")  # a line of work up to its result, or the end
 
 
 def make_problem(rng: random.Random, names: list[str] = NAMES, items: list[str] = ITEMS) -> dict:
-    """{question, answer, solution}: grpo_lm's draws (so the same held-out questions) and a worked
-    solution, a line `a op b = c` per step, then '#### <answer>'."""
+    """{question, answer, solution}: grpo_lm's draws (the same held-out questions), a line a step."""
     kind, question = rng.choice(["add", "sub", "mul", "word"]), None
     if kind == "sub":
         a = rng.randint(20, 99)
@@ -149,7 +146,6 @@ def make_problem(rng: random.Random, names: list[str] = NAMES, items: list[str] 
 
 def distinct_problems(seed: int, n: int, exclude: set[str] = frozenset(), names: list[str] = NAMES,
                       items: list[str] = ITEMS) -> list[dict]:
-    """The first n distinct problems drawn from `seed` whose question is not in `exclude`."""
     rng, seen, problems = random.Random(seed), set(exclude), []
     while len(problems) < n:
         if (p := make_problem(rng, names, items))["question"] not in seen:
@@ -177,7 +173,6 @@ def split_solution(problem: dict) -> dict:
 
 
 def build_prompt(tokenizer, question: str) -> str:
-    """The chat template when the model has one (SmolLM2 does), else a plain Question/Answer frame."""
     content = f"{question}\n{INSTRUCTION}"
     if tokenizer.chat_template:
         messages = [{"role": "user", "content": content}]
@@ -186,8 +181,7 @@ def build_prompt(tokenizer, question: str) -> str:
 
 
 def extract_answer(completion: str) -> str | None:
-    """The number in a trailing '#### <number>' (commas dropped), or None if the format is missing."""
-    match = re.search(r"####\s*(-?[\d,]*\d)\s*$", completion.strip())
+    match = re.search(r"####\s*(-?[\d,]*\d)\s*$", completion.strip())  # a trailing '#### <number>'
     return match.group(1).replace(",", "") if match else None
 
 
@@ -200,9 +194,6 @@ def sequence_reward(texts: list[str], answers: list[str], lengths: torch.Tensor,
     brevity, no_eos = correct * (1 - lengths.float() / max_new_tokens).clamp(min=0), (~ended.bool()).float()
     reward = W_CORRECT * correct + W_FORMAT * fmt + W_BREVITY * brevity - W_NO_EOS * no_eos
     return reward, {"correct": correct, "format": fmt, "brevity": brevity, "no_eos": no_eos}
-
-
-WORK_LINE = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = |#### ")  # a line of work up to its result, or the end
 
 
 def first_slip(text: str) -> int | None:
@@ -294,8 +285,7 @@ def ppo_policy_loss(logp, old_logp, advantages, mask, clip: float):
 
 
 def ppo_value_loss(values, old_values, returns, mask, clip: float):
-    """0.5 max((V - R)^2, (V_clip - R)^2), V_clip within +-clip of the rollout's; token mean. Returns
-    (loss, clipfrac)."""
+    """0.5 max((V - R)^2, (V_clip - R)^2), V_clip within +-clip of the rollout's; (loss, clipfrac)."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     per_token = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
     tokens = mask.sum().clamp(min=1)
@@ -368,9 +358,8 @@ def train_sft(args: Args, run_dir: Path, log) -> dict:
 
 # ====== Stage 2: the reward model =======================================================================
 def perturb_solution(problem: dict, rng: random.Random) -> str:
-    """A rejected answer like the SFT model's slips: one line's result off by 1-10 (six times in ten), a
-    tens digit (three) or 100, never below 0, the later lines carrying it on, so only checking the
-    arithmetic tells; one time in four only the final number moves."""
+    """A rejected answer like the SFT model's slips: one line's result off by 1-10, a tens digit or 100, the
+    later lines carrying it on, so only checking the arithmetic tells; or only the final number moves."""
     def nearby_wrong(n: int) -> int:
         u = rng.random()
         delta = rng.randint(1, 10) if u < 0.6 else 10 * rng.randint(1, 3) if u < 0.9 else 100
@@ -400,10 +389,9 @@ def reward_text(text: str) -> str:
 
 
 def encode_for_reward(questions: list[str | None], answers: list[str]) -> tuple[torch.Tensor, ...]:
-    """(ids, segments, positions, places, lengths), right-padded: the question (segment 0), ANSWER, the
-    answer and END (segment 1), as reward_text. Positions restart at ANSWER, so arithmetic learned on bare
-    solutions (question None) sits where it will behind a question; places: 1 + a digit's place value, 0
-    for other characters (McLeish et al. 2024, "abacus" embeddings)."""
+    """(ids, segments, positions, places, lengths), right-padded: question, ANSWER, answer, END. Positions
+    restart at ANSWER, so arithmetic learned on bare solutions sits where it will behind a question; places:
+    1 + a digit's place value (McLeish et al. 2024, "abacus" embeddings)."""
     rows = []
     for question, answer in zip(questions, answers):
         q, a = [[ord(c) if 32 <= ord(c) < 127 or c == "\n" else UNK for c in reward_text(text)]
@@ -419,9 +407,8 @@ def encode_for_reward(questions: list[str | None], answers: list[str]) -> tuple[
 
 
 def prefix_targets(chosen: str, rejected: str, segments: torch.Tensor) -> torch.Tensor:
-    """One pair's per-character targets, (2, L) as encode_for_reward([q, q], [chosen, rejected]), NaN where
-    none: 1 while the answer so far can still be right, then 0, so the first wrong digit is labelled where
-    it stands (token-level verifiers, Cobbe et al. 2021)."""
+    """(2, L) per-character targets of a pair, NaN where none: 1 while the answer can still be right, then 0,
+    so the first wrong digit is labelled where it stands (token-level verifiers, Cobbe et al. 2021)."""
     right = len(os.path.commonprefix([reward_text(chosen), reward_text(rejected)]))
     targets = torch.full(segments.shape, float("nan"))
     for row, good in enumerate((None, right)):
@@ -449,9 +436,8 @@ class RewardModel(nn.Module):
         causal = nn.Transformer.generate_square_subsequent_mask(ids.shape[1])
         return self.norm(self.body(x, mask=causal, is_causal=True))
 
-    def forward(self, ids, segments, positions, places, lengths) -> torch.Tensor:
-        """Scores (B,) at the last real token (the hidden states from `hidden_by_length`, speed path)."""
-        hidden = hidden_by_length(self, ids, segments, positions, places, lengths)
+    def forward(self, ids, segments, positions, places, lengths) -> torch.Tensor:  # (B,) scores at END
+        hidden = hidden_by_length(self, ids, segments, positions, places, lengths)  # speed path
         return self.head(hidden[torch.arange(len(ids)), lengths - 1]).squeeze(-1)
 
     def next_char_loss(self, hidden, ids, segments) -> torch.Tensor:
@@ -491,7 +477,6 @@ def preference_pairs(problems: list[dict], sampled: list[list[str]], rng: random
 
 
 def sample_pairs(sft_model, tokenizer, problems: list[dict], args: Args, rng: random.Random) -> list[tuple]:
-    """RM_SAMPLES answers per problem from the SFT model at temperature 1, labelled by the checker."""
     sampled = []
     for i in tqdm(range(0, len(problems), args.batch_size), desc="sampling answers", disable=None):
         batch = problems[i:i + args.batch_size]
@@ -566,8 +551,8 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
         targets = targets.view(n, 2, -1).transpose(0, 1).reshape(2 * n, -1)  # pairs to [chosen; rejected]
         known = ~targets.isnan()
         token = F.binary_cross_entropy_with_logits(every_score[known], targets[known])
-        bt, next_char = bradley_terry_loss(scores[:n], scores[n:]), rm.next_char_loss(hidden[:n], ids[:n],
-                                                                                       segments[:n])
+        bt = bradley_terry_loss(scores[:n], scores[n:])
+        next_char = rm.next_char_loss(hidden[:n], ids[:n], segments[:n])
         accuracy = (scores[:n] > scores[n:]).float().mean().item()
         return bt + token + next_char, {"bt_loss": bt.item(), "token_loss": token.item(),
                                         "next_char_loss": next_char.item(), "train_pair_accuracy": accuracy}
@@ -594,10 +579,9 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
 
 # ====== Stage 3: PPO. Each step: rollout, score, advantages, update ====================================
 def policy_forward(policy, value_head, batch: dict, temperature: float):
-    """One pass over prompt + completion, (B, T) each: the log-prob of every completion token under
-    softmax(logits / T), the value V_t of the state before it (None without a value head), the entropy.
-    A plain full pass; where batch["lower"] holds the frozen blocks' output only the blocks above run
-    (`from_cached_lower_blocks`, in the speed path at the end of this section: skip it on a first reading)."""
+    """One pass over prompt + completion -> (B, T) each: log-probs of the completion tokens under
+    softmax(logits / T), values V_t of the state before each (None without a value head), entropy. Where
+    batch["lower"] holds the frozen blocks' output, only the blocks above run (speed path, skip at first)."""
     attention = torch.cat([batch["prompt_mask"], batch["mask"]], dim=1)  # (B, P + T), prompts left-padded
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
     with from_cached_lower_blocks(policy, batch.get("lower"), ids) as inputs:  # else {"input_ids": ids}
@@ -758,16 +742,14 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
 # output in every pass of a rollout: it is recorded while sampling, and each later pass starts above it
 # (the same log-probs, values and gradients, tested). 2. The reward model's short rows as their own batch.
 def first_adapted_block(model) -> int:
-    """The lowest decoder block the PPO adapter covers (0: all of them)."""
-    layers = getattr(model, "module", model).peft_config["default"].layers_to_transform
+    layers = getattr(model, "module", model).peft_config["default"].layers_to_transform  # None: all blocks
     return min(layers) if layers else 0
 
 
 @contextlib.contextmanager
 def recording_lower_blocks(model):
     """Inside, each forward pass appends the hidden state entering the first adapted block to the yielded
-    list. Sampling with a KV cache runs the prompt, then a token at a time: joined along time, the pieces
-    are the frozen blocks' output for the whole rollout."""
+    list: sampling with a KV cache runs the prompt, then a token at a time."""
     pieces, first = [], first_adapted_block(model)
     if not first:
         yield pieces
@@ -805,9 +787,8 @@ def from_cached_lower_blocks(policy, lower: torch.Tensor | None, ids: torch.Tens
 
 
 def hidden_by_length(rm: RewardModel, ids, segments, positions, places, lengths) -> torch.Tensor:
-    """rm.hidden, the rows at most half as long as the longest run as a narrower batch (and so on in it):
-    a word problem is 2-3 times as long as a one-line one, and padding to it doubled a step's cost. The
-    same states on every real character; 0 beyond a narrower batch's width."""
+    """rm.hidden, with the rows at most half as long as the longest as a narrower batch (recursively): a word
+    problem is 2-3 times as long as a one-line one. The same states on every real character; 0 beyond."""
     short = lengths <= lengths.max() // 2
     if not short.any():
         return rm.hidden(ids, segments, positions, places)
@@ -876,15 +857,23 @@ def default_model_dir() -> Path:
     return MODEL_CACHE
 
 
+@contextlib.contextmanager
+def one_line_errors(what: str, errors=(Exception,), with_type: bool = True):
+    """Missing, corrupt or mismatched files: `error: cannot load <what>: ...`, one line, not a traceback."""
+    try:
+        yield
+    except errors as err:
+        reason = (f"{type(err).__name__}: " if with_type else "") + (str(err).splitlines() or [""])[0]
+        raise SystemExit(f"error: cannot load {what}: {reason}")
+
+
 def load_base(name: str):
     """(model, tokenizer) in fp32, eval mode (dropout off in every stage), pad token set, left padding."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     path = name or str(default_model_dir())
-    try:
+    with one_line_errors(f"--model {name!r}", (OSError, ValueError), with_type=False):
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"error: cannot load --model {name!r}: {str(err).splitlines()[0]}")
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
     return model.eval(), tokenizer
@@ -907,22 +896,15 @@ def add_lora(model, args: Args, top_blocks: int = 0):
 def merge_adapter(model, adapter_dir: str | Path):
     """Base + a saved LoRA adapter, merged into plain weights (the SFT model: PPO's start and reference)."""
     from peft import PeftModel
-    try:
+    with one_line_errors(f"the adapter {str(adapter_dir)!r}"):
         return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
-    except Exception as err:  # missing, corrupt or mismatched adapter files: one line, not a traceback
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        raise SystemExit(f"error: cannot load the adapter {str(adapter_dir)!r}: {reason}")
 
 
 def load_reward_model(path: str | Path) -> RewardModel:
-    """The trained reward model from <path>/reward_model.pt, in eval mode and frozen."""
-    try:
+    with one_line_errors(f"the reward model in {str(path)!r}"):  # missing, corrupt or of another kind
         saved = torch.load(Path(path) / "reward_model.pt", weights_only=True)
         rm = RewardModel(**saved["config"])
         rm.load_state_dict(saved["state_dict"])
-    except Exception as err:  # missing, corrupt or of another kind: one line, not a traceback
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        raise SystemExit(f"error: cannot load the reward model in {str(path)!r}: {reason}")
     return rm.eval().requires_grad_(False)
 
 
