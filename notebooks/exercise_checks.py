@@ -1,4 +1,4 @@
-"""The checks behind the exercises at the end of notebooks 01-04.
+"""The checks behind the exercises at the end of notebooks 01-05.
 
 Each `check_<exercise>(your_function)` calls your function on random inputs and on the edge cases that
 matter, compares it with the script's own function (the folder's train.py, imported by path as the
@@ -73,7 +73,7 @@ def _fmt(t: torch.Tensor) -> str:
     if t.dim() == 0:
         return f"{float(t):.4g}"
     shape = "" if t.dim() == 1 else f" (shape {tuple(t.shape)})"
-    return str([round(v, 4) for v in t.flatten().tolist()]) + shape
+    return str([round(v, 4) + 0.0 for v in t.flatten().tolist()]) + shape  # + 0.0: -0.0 printed as 0.0
 
 
 def _difference(got: tuple, want: tuple, names) -> str | None:
@@ -89,7 +89,7 @@ def _difference(got: tuple, want: tuple, names) -> str | None:
         close = torch.isclose(g, w, rtol=RTOL, atol=ATOL, equal_nan=True)
         if close.all():
             continue
-        gap = (g - w).abs().nan_to_num(math.inf).flatten()
+        gap = (g - w).abs().nan_to_num(nan=math.inf, posinf=math.inf).flatten()  # "by up to inf", not 1.8e308
         worst = int(gap.argmax())
         if w.numel() <= 8:
             return f"{name}: differs by up to {float(gap[worst]):.4g}: expected {_fmt(w)}, got {_fmt(g)}"
@@ -462,6 +462,96 @@ def check_dr_grpo_loss(dr_grpo_loss) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Notebook 05: ppo_rlhf_math (bradley_terry_loss, per_token_kl, shape_rewards, compute_gae, whiten)
+# ---------------------------------------------------------------------------------------------
+def _section2():
+    """Section 2 of notebook 05: logp, ref_logp, mask (B=2, T=4; the second has 2 tokens), score."""
+    return (torch.tensor([[-0.5, -1.0, -0.2, -0.3], [-0.7, -0.1, 0.0, 0.0]]),
+            torch.tensor([[-0.7, -0.9, -0.6, -0.3], [-0.7, -0.4, 0.0, 0.0]]),
+            torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]]), torch.tensor([1.0, -0.5]))
+
+
+def _logps(lengths, T: int, g) -> tuple:
+    """(logp, ref_logp, mask, score) for responses of these lengths in a (B, T) tensor. The padding holds
+    log-probs too, as the model's forward pass leaves them there: a forgotten mask shows."""
+    B = len(lengths)
+    logp = -2.0 * torch.rand(B, T, generator=g)
+    return (logp, logp + 0.3 * torch.randn(B, T, generator=g), _lengths_mask(lengths, T),
+            torch.randn(B, generator=g))
+
+
+def check_bradley_terry_loss(preference_loss) -> str:
+    """preference_loss(chosen (N,), rejected (N,)) -> loss, and its gradient w.r.t. chosen, against
+    bradley_terry_loss."""
+    g = _gen(14)
+    cases = [("the three pairs of section 1", (torch.tensor([2.0, 0.5, 1.0]), torch.tensor([1.0, 1.5, 1.0]))),
+             ("ties: equal scores, log 2 per pair", (torch.full((4,), 0.7), torch.full((4,), 0.7))),
+             ("one pair", (torch.tensor([0.3]), torch.tensor([-1.2]))),
+             ("random: 64 pairs", (2.0 * torch.randn(64, generator=g), 2.0 * torch.randn(64, generator=g))),
+             ("a pair ranked wrong by a margin of 200 (sigmoid(-200) is 0 in float32)",
+              (torch.tensor([-100.0, 1.0]), torch.tensor([100.0, 0.0])))]
+
+    def reference(chosen, rejected):
+        return load_train("ppo_rlhf_math").bradley_terry_loss(chosen, rejected)
+    names = ("loss", "gradient w.r.t. chosen")
+    return _run(_with_grad(preference_loss, 0), _with_grad(reference, 0), cases, names)
+
+
+def _shaped_reference(logp, ref_logp, mask, score, beta):
+    rlhf = load_train("ppo_rlhf_math")
+    return rlhf.shape_rewards(score, rlhf.per_token_kl(logp, ref_logp, mask, "k1"), mask, beta)
+
+
+def check_shape_rewards(shaped_rewards) -> str:
+    """shaped_rewards(logp, ref_logp, mask, score, beta) -> (B, T) rewards, against per_token_kl (k1) and
+    shape_rewards."""
+    g = _gen(15)
+    cases = [("the two completions of section 2", (*_section2(), 0.1)),
+             ("a 5-token response in a tensor of 8 (padding holds log-probs, not zeros)",
+              (*_logps([5], 8, g), 0.1)),
+             ("a one-token response (it stopped at once) beside a longer one", (*_logps([1, 6], 6, g), 0.1)),
+             ("a response that fills the tensor: the score on its last column", (*_logps([7, 3], 7, g), 0.1)),
+             ("beta = 0: only the score, on each last real token", (*_logps([2, 5, 4], 5, g), 0.0)),
+             ("random: 6 responses of 1 to 10 tokens, beta 0.05",
+              (*_logps([4, 10, 1, 7, 9, 3], 10, g), 0.05))]
+    return _run(shaped_rewards, _shaped_reference, cases, ("rewards",))
+
+
+def _advantages_case(lengths, T: int, g, gamma: float = 1.0, lam: float = 0.95) -> tuple:
+    """(rewards, values, mask, gamma, lam): KL-shaped rewards (0 on padding, as shape_rewards leaves them),
+    and values on every position, padding included (the value head runs on all of them)."""
+    logp, ref_logp, mask, score = _logps(lengths, T, g)
+    rewards = _shaped_reference(logp, ref_logp, mask, score, 0.1)
+    return rewards, torch.randn(len(lengths), T, generator=g), mask, gamma, lam
+
+
+def _token_advantages_reference(rewards, values, mask, gamma, lam):
+    """What train.py's advantages() does with the shaped rewards: GAE over tokens, then whitening."""
+    rlhf = load_train("ppo_rlhf_math")
+    advantages, returns = rlhf.compute_gae(rewards, values, mask, gamma, lam)
+    return rlhf.whiten(advantages, mask), returns
+
+
+def check_token_advantages(token_advantages) -> str:
+    """token_advantages(rewards, values, mask, gamma, lam) -> (whitened advantages, returns), each (B, T),
+    against compute_gae and whiten."""
+    g = _gen(16)
+    logp, ref_logp, mask, score = _section2()
+    values = torch.tensor([[0.3, 0.4, 0.5, 0.8], [0.1, -0.2, 0.0, 0.0]])
+    cases = [("the two completions of section 3, gamma 1, lambda 0.95 (train.py's GAMMA, LAM)",
+              (_shaped_reference(logp, ref_logp, mask, score, 0.1), values, mask, 1.0, 0.95)),
+             ("values on the padding (the value head runs there too): no bootstrap from them",
+              _advantages_case([3, 6, 2], 6, g)),
+             ("a one-token response beside longer ones", _advantages_case([1, 5, 3], 5, g)),
+             ("gamma 0.9, lambda 0.8: discounting inside a response",
+              _advantages_case([4, 6, 6], 6, g, 0.9, 0.8)),
+             ("lambda 0: each advantage is its one-step TD error, whitened",
+              _advantages_case([5, 2], 5, g, 1.0, 0.0)),
+             ("random: 8 responses of 1 to 12 tokens", _advantages_case([12, 1, 7, 3, 12, 9, 5, 2], 12, g))]
+    return _run(token_advantages, _token_advantages_reference, cases, ("advantages", "returns"))
+
+
+# ---------------------------------------------------------------------------------------------
 # Every exercise, and the command line
 # ---------------------------------------------------------------------------------------------
 EXERCISES = {  # notebook -> (the function the student writes, its check), in the notebook's order
@@ -473,6 +563,8 @@ EXERCISES = {  # notebook -> (the function the student writes, its check), in th
              ("clipped_value_loss", check_value_loss)],
     "nb04": [("grpo_advantages", check_group_advantages), ("k3_estimate", check_kl_k3),
              ("eos_mask", check_completion_mask), ("dr_grpo_loss", check_dr_grpo_loss)],
+    "nb05": [("preference_loss", check_bradley_terry_loss), ("shaped_rewards", check_shape_rewards),
+             ("token_advantages", check_token_advantages)],
 }
 
 

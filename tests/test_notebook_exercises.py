@@ -1,4 +1,4 @@
-"""The exercises at the end of notebooks 01-04: notebooks/exercise_checks.py and notebooks/solutions/.
+"""The exercises at the end of notebooks 01-05: notebooks/exercise_checks.py and notebooks/solutions/.
 
 CI runs each notebook twice. `pytest --nbmake` runs it as shipped: every stub raises NotImplementedError,
 its check cell prints "not done yet" and the notebook completes. test_notebook_with_solutions runs it again
@@ -19,13 +19,13 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = REPO / "notebooks"
 FILES = {"nb01": "01_returns_and_reinforce.ipynb", "nb02": "02_gae.ipynb", "nb03": "03_ppo_clipping.ipynb",
-         "nb04": "04_grpo_group_advantage.ipynb"}
+         "nb04": "04_grpo_group_advantage.ipynb", "nb05": "05_rlhf_rewards.ipynb"}
 
 _spec = importlib.util.spec_from_file_location("exercise_checks", NOTEBOOKS / "exercise_checks.py")
 checks = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(checks)
 SOLUTIONS = {nb: checks.load_file(NOTEBOOKS / "solutions" / f"{nb}.py") for nb in FILES}
-nb01, nb02, nb03, nb04 = SOLUTIONS.values()  # the solutions, which the wrong ones below reuse
+nb01, nb02, nb03, nb04, nb05 = SOLUTIONS.values()  # the solutions, which the wrong ones below reuse
 ALL = [(nb, name, check) for nb, exercises in checks.EXERCISES.items() for name, check in exercises]
 IDS = [f"{nb}-{name}" for nb, name, _ in ALL]
 
@@ -221,6 +221,61 @@ def dr_grpo_non_empty_count(logp, old_logp, rewards, mask, *rest):
     return nb04.dr_grpo_loss(logp, old_logp, rewards, mask, *rest) * mask.shape[0] / non_empty
 
 
+def preference_loss_summed(chosen, rejected):  # a sum over the pairs: the loss grows with the batch
+    return -torch.nn.functional.logsigmoid(chosen - rejected).sum()
+
+
+def preference_loss_upside_down(chosen, rejected):  # rewards the rejected answer
+    return nb05.preference_loss(rejected, chosen)
+
+
+def preference_loss_log_of_sigmoid(chosen, rejected):  # inf once sigmoid underflows to 0
+    return -torch.log(torch.sigmoid(chosen - rejected)).mean()
+
+
+def score_on_the_last_column(logp, ref_logp, mask, score, beta):  # on padding, for a short response
+    rewards = -beta * (logp - ref_logp) * mask
+    rewards[:, -1] += score
+    return rewards
+
+
+def penalty_on_the_padding(logp, ref_logp, mask, score, beta):  # the KL of the padding is paid too
+    return nb05.shaped_rewards(logp, logp, mask, score, beta) - beta * (logp - ref_logp)  # the score alone
+
+
+def k3_penalty(logp, ref_logp, mask, score, beta):  # the k3 estimate in the reward, not PPO's k1
+    log_ratio = logp - ref_logp
+    k3 = torch.exp(-log_ratio) + log_ratio - 1
+    return nb05.shaped_rewards(logp, logp, mask, score, beta) - beta * k3 * mask
+
+
+def whitened_and_returns(advantages, values, mask):  # what nb05.token_advantages does after its GAE
+    real = advantages[mask.bool()]
+    return (advantages - real.mean()) / torch.sqrt(real.var() + 1e-8) * mask, (advantages + values) * mask
+
+
+def bootstrap_from_the_padding(rewards, values, mask, gamma, lam):  # V_{t+1} read past the last real token
+    next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)  # not masked
+    advantages = (rewards + gamma * next_values - values) * mask
+    for t in reversed(range(rewards.shape[1] - 1)):
+        advantages[:, t] += gamma * lam * advantages[:, t + 1] * mask[:, t]
+    return whitened_and_returns(advantages, values, mask)
+
+
+def lambda_without_gamma(rewards, values, mask, gamma, lam):  # A_t = delta_t + lam A_{t+1}
+    return nb05.token_advantages(rewards, values, mask, gamma, lam / gamma)  # gamma * lam / gamma = lam
+
+
+def returns_from_whitened(rewards, values, mask, gamma, lam):  # the critic's target rescaled every batch
+    whitened, _ = nb05.token_advantages(rewards, values, mask, gamma, lam)
+    return whitened, (whitened + values) * mask
+
+
+def whitened_with_the_padding(rewards, values, mask, gamma, lam):  # the padding's zeros in the mean and std
+    _, returns = nb05.token_advantages(rewards, values, mask, gamma, lam)
+    return whitened_and_returns((returns - values) * mask, values, torch.ones_like(mask))[0], returns
+
+
 def raises_type_error(*args):
     raise TypeError("unsupported operand")
 
@@ -260,6 +315,18 @@ WRONG = [  # (check, wrong function, the case it must name, what it must say)
     (C.check_dr_grpo_loss, dr_grpo_symmetric_clip, "random: 2 groups of 4", "differs"),
     (C.check_dr_grpo_loss, dr_grpo_batch_width, "max_completion_length 12", "loss: differs"),
     (C.check_dr_grpo_loss, dr_grpo_non_empty_count, "a zero-length completion", "loss: differs"),
+    (C.check_bradley_terry_loss, preference_loss_summed, "the three pairs of section 1", "loss: differs"),
+    (C.check_bradley_terry_loss, preference_loss_upside_down, "the three pairs of section 1", "differs"),
+    (C.check_bradley_terry_loss, preference_loss_log_of_sigmoid, "a pair ranked wrong by a margin of 200",
+     "loss: differs by up to inf"),
+    (C.check_shape_rewards, score_on_the_last_column, "the two completions of section 2", "rewards: differs"),
+    (C.check_shape_rewards, penalty_on_the_padding, "a 5-token response in a tensor of 8", "differs"),
+    (C.check_shape_rewards, k3_penalty, "the two completions of section 2", "rewards: differs"),
+    (C.check_token_advantages, bootstrap_from_the_padding, "values on the padding", "advantages: differs"),
+    (C.check_token_advantages, lambda_without_gamma, "gamma 0.9, lambda 0.8", "advantages: differs"),
+    (C.check_token_advantages, returns_from_whitened, "the two completions of section 3", "returns: differs"),
+    (C.check_token_advantages, whitened_with_the_padding, "the two completions of section 3",
+     "advantages: differs"),
     (C.check_gae, raises_type_error, "the trajectory of section 2", "your function raised TypeError"),
     (C.check_value_loss, loss_without_gradient, "the two samples of section 4", "carries no gradient"),
 ]
