@@ -226,8 +226,9 @@ def run_forked(script: str, argv: list) -> subprocess.CompletedProcess:
             code = 1
             try:
                 signal.alarm(120)  # a child stuck on a lock it inherited fails its row instead of hanging
-                for fd, target in ((0, os.open(os.devnull, os.O_RDONLY)), (1, out.fileno()), (2, err.fileno())):
-                    os.dup2(target, fd)
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
                 sys.stdin, sys.stdout, sys.stderr = open(0), open(1, "w"), open(2, "w")
                 os.chdir(REPO)
                 os.environ.update(ENV)
@@ -272,15 +273,17 @@ def test_bad_input_fails_in_one_line(tmp_path, script, argv, flag):
 
 
 PLAIN_ROWS = [row for row in BAD_INPUT if not hasattr(row, "marks")]  # pytest.param rows are skippable
-FIRST_ROWS = [next(row for row in PLAIN_ROWS if row[0] == script) for script in dict.fromkeys(r[0] for r in PLAIN_ROWS)]
+FIRST_ROWS = [next(row for row in PLAIN_ROWS if row[0] == script)
+              for script in dict.fromkeys(r[0] for r in PLAIN_ROWS)]
 
 
 @pytest.mark.parametrize("script, argv, flag", FIRST_ROWS)
 def test_the_first_row_of_each_script_in_a_fresh_interpreter(tmp_path, script, argv, flag):
     unrelated_files(tmp_path)
     before = snapshot(tmp_path)
-    result = run(script, [arg.replace("{tmp}", str(tmp_path)) for arg in argv])
-    assert result.returncode == run_forked(script, [a.replace("{tmp}", str(tmp_path)) for a in argv]).returncode
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    result = run(script, argv)
+    assert result.returncode == run_forked(script, argv).returncode
     assert_fails_in_one_line(result, flag)
     assert snapshot(tmp_path) == before
 
