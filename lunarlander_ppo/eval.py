@@ -28,12 +28,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="checkpoint to load")
     parser.add_argument("--episodes", type=int, default=10, help="number of episodes")
     parser.add_argument("--seed", type=int, default=0, help="episode i is reset with seed+i")
-    parser.add_argument("--sample", action="store_true", help="sample actions instead of taking the most likely one")
+    parser.add_argument("--sample", action="store_true",
+                        help="sample actions instead of taking the most likely one")
     parser.add_argument("--json", action="store_true",
                         help='print {"mean_return", "std_return", "episodes", ...} as the last line')
     parser.add_argument("--gif", default="",
                         help="record the first episode to this .gif file (a new one, or a GIF to replace)")
-    parser.add_argument("--render", action="store_true", help="show the episodes in a window (needs a display)")
+    parser.add_argument("--render", action="store_true",
+                        help="show the episodes in a window (needs a display)")
     args = parser.parse_args(argv)
     if args.episodes <= 0:
         parser.error(f"--episodes must be a positive number, got {args.episodes}")
@@ -123,7 +125,8 @@ def main(argv=None) -> int:
     print(f"mean {mean:.1f} +/- {std:.1f} (min {min(returns):.1f}) over {args.episodes} "
           f"{'sampled' if args.sample else 'greedy'} episodes of {ckpt['env_id']}")
     if args.json:
-        print(json.dumps({"min_return": min(returns), "episodes_at_least_200": int(sum(r >= 200 for r in returns)),
+        print(json.dumps({"min_return": min(returns),
+                          "episodes_at_least_200": int(sum(r >= 200 for r in returns)),
                           "std_return": std, "episodes": args.episodes, "mean_return": mean}))
     return 0
 

@@ -43,15 +43,19 @@ class Args:
         "help": "any Gymnasium env with flat Box or Discrete observations and Discrete or flat Box actions"})
     env_kwargs: str = field(default="", metadata={
         "help": "JSON keyword arguments for gym.make, e.g. '{\"is_slippery\": false}' for FrozenLake-v1"})
-    continuous: bool = field(default=False, metadata={"help": "LunarLander only: continuous engines (Gaussian policy)"})
+    continuous: bool = field(default=False, metadata={
+        "help": "LunarLander only: continuous engines (Gaussian policy)"})
     wind: bool = field(default=False, metadata={"help": "LunarLander only: turn on wind and turbulence"})
     seed: int = field(default=1, metadata={"help": "seed for python, numpy, torch and the envs"})
     total_timesteps: int = field(default=1_000_000, metadata={
         "help": "environment steps to train for (rounded to whole rollouts of num_envs * num_steps)"})
     num_envs: int = field(default=16, metadata={"help": "parallel environments"})
-    num_steps: int = field(default=128, metadata={"help": "steps per env per rollout (batch = num_envs * num_steps)"})
-    async_envs: bool = field(default=False, metadata={"help": "step the envs in subprocesses (AsyncVectorEnv)"})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Adam learning rate (annealed linearly to 0)"})
+    num_steps: int = field(default=128, metadata={
+        "help": "steps per env per rollout (batch = num_envs * num_steps)"})
+    async_envs: bool = field(default=False, metadata={
+        "help": "step the envs in subprocesses (AsyncVectorEnv)"})
+    learning_rate: float = field(default=2e-3, metadata={
+        "help": "Adam learning rate (annealed linearly to 0)"})
     anneal_lr: bool = field(default=True, metadata={"help": "linearly anneal the learning rate"})
     gamma: float = field(default=0.999, metadata={"help": "discount factor"})
     gae_lambda: float = field(default=0.98, metadata={"help": "GAE lambda (0: TD error, 1: Monte-Carlo)"})
@@ -59,15 +63,19 @@ class Args:
     update_epochs: int = field(default=10, metadata={"help": "epochs over each batch"})
     norm_adv: bool = field(default=True, metadata={"help": "normalise advantages per minibatch"})
     clip_coef: float = field(default=0.2, metadata={"help": "PPO clip range epsilon"})
-    clip_vloss: bool = field(default=True, metadata={"help": "clip the value loss as in the PPO paper's code"})
+    clip_vloss: bool = field(default=True, metadata={
+        "help": "clip the value loss as in the PPO paper's code"})
     ent_coef: float = field(default=0.01, metadata={"help": "entropy bonus coefficient"})
     vf_coef: float = field(default=0.5, metadata={"help": "value loss coefficient"})
     max_grad_norm: float = field(default=0.5, metadata={"help": "global gradient-norm clip"})
-    target_kl: float = field(default=0.0, metadata={"help": "stop the epochs early when approx_kl exceeds this (0: off)"})
+    target_kl: float = field(default=0.0, metadata={
+        "help": "stop the epochs early when approx_kl exceeds this (0: off)"})
     hidden: int = field(default=64, metadata={"help": "width of the two hidden layers of actor and critic"})
     eval_every: int = field(default=32_768, metadata={"help": "env steps between deterministic evaluations"})
     eval_episodes: int = field(default=20, metadata={"help": "greedy episodes per periodic evaluation"})
-    stop_score: float = field(default=math.inf, metadata={"help": "stop once a periodic greedy evaluation, confirmed over 100 more episodes, reaches this mean"})
+    stop_score: float = field(default=math.inf, metadata={
+        "help": "stop once a periodic greedy evaluation, confirmed over 100 more episodes, "
+                "reaches this mean"})
     out: str = field(default="", metadata={
         "help": "run directory, new or empty (default: the first free one of runs/ppo_<env>_s<seed>, "
                 "-2, -3 ...)"})
@@ -108,7 +116,8 @@ def make_vector_env(args: Args, num_envs: int, asynchronous: bool = False) -> gy
     fns = [lambda: make_env(args.env_id, args.continuous, args.wind, args.env_kwargs)
            for _ in range(num_envs)]
     mode = gym.vector.AutoresetMode.SAME_STEP
-    vec = gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode) if asynchronous else gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+    vec = (gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode) if asynchronous
+           else gym.vector.SyncVectorEnv(fns, autoreset_mode=mode))
     return gym.wrappers.vector.RecordEpisodeStatistics(vec)
 
 
@@ -330,7 +339,8 @@ def plot_learning_curve(episodes: list[tuple], evals: list[tuple], title: str, p
         steps, rets = np.array(episodes).T
         ax.plot(steps, rets, ".", ms=1.5, alpha=0.3, label="training episode return")
         k = min(100, len(rets))
-        ax.plot(steps[k - 1:], np.convolve(rets, np.ones(k) / k, mode="valid"), lw=1.5, label=f"{k}-episode average")
+        ax.plot(steps[k - 1:], np.convolve(rets, np.ones(k) / k, mode="valid"), lw=1.5,
+                label=f"{k}-episode average")
     if evals:
         ax.plot(*np.array(evals).T, "o-", lw=2, label="greedy evaluation")
     ax.set(xlabel="environment steps", ylabel="return", title=title)
@@ -356,7 +366,8 @@ def train(args: Args) -> dict:
     env.action_space.seed(args.seed)
     device = pick_device(args.device)
     agent = build_agent(env, args.hidden).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # fused: fewer tiny CPU ops
+    # fused: fewer tiny CPU ops
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
 
     T, N = args.num_steps, args.num_envs
     obs_shape, act_shape = env.single_observation_space.shape, env.single_action_space.shape
@@ -397,7 +408,8 @@ def train(args: Args) -> dict:
                 final_obs[(t, i)] = info["final_obs"][i]
             if "_episode" in info:
                 for i in np.flatnonzero(info["_episode"]):
-                    episodes.append((global_step + (t + 1) * N, float(info["episode"]["r"][i]), int(info["episode"]["l"][i])))
+                    episodes.append((global_step + (t + 1) * N, float(info["episode"]["r"][i]),
+                                     int(info["episode"]["l"][i])))
             next_obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
         global_step += batch_size
         rollout_end = time.perf_counter()
@@ -413,13 +425,15 @@ def train(args: Args) -> dict:
                 bootstrap = agent.value(torch.as_tensor(last, dtype=torch.float32, device=device))
                 for (t, i), v in zip(keys, bootstrap):
                     next_values[t, i] = v
-            advantages, returns = compute_gae(rew_buf, values, next_values, term_buf, done_buf, args.gamma, args.gae_lambda)
+            advantages, returns = compute_gae(rew_buf, values, next_values, term_buf, done_buf, args.gamma,
+                                              args.gae_lambda)
         update_start = time.perf_counter()
         clock["gae"] += update_start - rollout_end
 
         # 3. Update: epochs of shuffled minibatches.
         b_obs, b_act = obs_buf.reshape((-1,) + obs_shape), act_buf.reshape((-1,) + act_shape)
-        b_logp, b_adv, b_ret, b_val = logp_buf.reshape(-1), advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+        b_logp, b_adv, b_ret, b_val = (logp_buf.reshape(-1), advantages.reshape(-1), returns.reshape(-1),
+                                       values.reshape(-1))
         stats = {"approx_kl": [], "clipfrac": [], "policy_loss": [], "value_loss": [], "entropy": []}
         for _ in range(args.update_epochs):
             perm = torch.randperm(batch_size)
@@ -430,7 +444,8 @@ def train(args: Args) -> dict:
                 if args.norm_adv:
                     mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
                 pg_loss, approx_kl, clipfrac = ppo_policy_loss(new_logp, b_logp[idx], mb_adv, args.clip_coef)
-                v_loss = ppo_value_loss(agent.value(b_obs[idx]), b_val[idx], b_ret[idx], args.clip_coef, args.clip_vloss)
+                v_loss = ppo_value_loss(agent.value(b_obs[idx]), b_val[idx], b_ret[idx], args.clip_coef,
+                                        args.clip_vloss)
                 loss = pg_loss - args.ent_coef * entropy.mean() + args.vf_coef * v_loss
                 optimizer.zero_grad()
                 loss.backward()
@@ -448,11 +463,13 @@ def train(args: Args) -> dict:
         # 4. Logs, and a greedy evaluation every `eval_every` steps (not counted in train_seconds).
         recent = [r for _, r, _ in episodes[-100:]]
         row = {"update": update, "global_step": global_step, "train_seconds": round(train_seconds, 3),
-               "sps": int(global_step / train_seconds), "episodic_return": np.mean(recent) if recent else float("nan"),
+               "sps": int(global_step / train_seconds),
+               "episodic_return": np.mean(recent) if recent else float("nan"),
                "explained_variance": explained_variance(b_val, b_ret), "lr": optimizer.param_groups[0]["lr"],
                **{k: float(np.mean(v)) for k, v in stats.items()}, "eval_mean_return": float("nan"),
                "cpu_seconds": round(clock["cpu"], 3), "env_seconds": round(clock["env"], 3),
-               "policy_seconds": round(clock["rollout"] - clock["env"], 3), "gae_seconds": round(clock["gae"], 3),
+               "policy_seconds": round(clock["rollout"] - clock["env"], 3),
+               "gae_seconds": round(clock["gae"], 3),
                "update_seconds": round(clock["update"], 3)}
         if global_step >= next_eval or update == num_updates:
             next_eval += args.eval_every
@@ -465,7 +482,8 @@ def train(args: Args) -> dict:
                 best_eval = row["eval_mean_return"]
                 save_checkpoint(agent, args, run_dir / "best.pt")
             tqdm.write(f"step {global_step:8d}  train {train_seconds:6.1f}s  sps {row['sps']:6d}  "
-                       f"return(100) {row['episodic_return']:7.1f}  greedy eval {row['eval_mean_return']:7.1f}")
+                       f"return(100) {row['episodic_return']:7.1f}  "
+                       f"greedy eval {row['eval_mean_return']:7.1f}")
         metrics_rows.append(row)
         for key in ("episodic_return", "sps"):
             writer.add_scalar(f"charts/{key}", row[key], global_step)
@@ -477,8 +495,8 @@ def train(args: Args) -> dict:
                                wind=args.wind, extra=args.env_kwargs)
             tqdm.write(f"confirmation over 100 greedy episodes: {np.mean(confirm):.1f}")
             if np.mean(confirm) >= args.stop_score:
-                reached = {"global_step": global_step, "train_seconds": train_seconds, "cpu_seconds": clock["cpu"],
-                           "confirm_mean": float(np.mean(confirm))}
+                reached = {"global_step": global_step, "train_seconds": train_seconds,
+                           "cpu_seconds": clock["cpu"], "confirm_mean": float(np.mean(confirm))}
                 break
     bar.close()
     env.close()
@@ -497,10 +515,12 @@ def train(args: Args) -> dict:
             print(f"replacing {target} (a lunarlander_ppo checkpoint) as asked by --save-to", file=sys.stderr)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes((run_dir / "best.pt").read_bytes())
-    print(f"trained {global_step} steps in {train_seconds:.1f} s ({int(global_step / train_seconds)} steps/s); "
+    print(f"trained {global_step} steps in {train_seconds:.1f} s "
+          f"({int(global_step / train_seconds)} steps/s); "
           f"best greedy eval {best_eval:.1f}; outputs in {run_dir}")
     print("time split: " + ", ".join(f"{k.removesuffix('_seconds')} {100 * row[k] / train_seconds:.0f}%"
-                                     for k in ("env_seconds", "policy_seconds", "gae_seconds", "update_seconds")))
+                                     for k in ("env_seconds", "policy_seconds", "gae_seconds",
+                                               "update_seconds")))
     return {"run_dir": str(run_dir), "global_step": global_step, "train_seconds": train_seconds,
             "best_eval": best_eval, "evals": evals, "reached": reached}
 
