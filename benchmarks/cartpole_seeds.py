@@ -81,25 +81,30 @@ def reference_run(seed: int, max_episodes: int) -> tuple[int | None, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--max-episodes", type=int, default=1000, help="budget of our REINFORCE (the issue's bar)")
+    parser.add_argument("--max-episodes", type=int, default=1000,
+                        help="budget of our REINFORCE (the issue's bar)")
     parser.add_argument("--reference-max-episodes", type=int, default=2000)
     args = parser.parse_args()
     torch.set_num_threads(1)
     train = load_train()
 
-    print("| seed | ours: episodes to solve | ours: seconds | ours: greedy eval (100 ep) | PyTorch example: episodes to solve | PyTorch example: seconds |")
+    print("| seed | ours: episodes to solve | ours: seconds | ours: greedy eval (100 ep) "
+          "| PyTorch example: episodes to solve | PyTorch example: seconds |")
     print("| --- | --- | --- | --- | --- | --- |")
     ours_eps, ref_eps = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            run_args = train.Args(seed=seed, max_episodes=args.max_episodes, out=f"{tmp}/s{seed}", log_every=10**9)
+            run_args = train.Args(seed=seed, max_episodes=args.max_episodes, out=f"{tmp}/s{seed}",
+                                  log_every=10**9)
             with contextlib.redirect_stdout(io.StringIO()):  # keep the table clean
                 summary = train.train(run_args)
             ref_at, ref_seconds = reference_run(seed, args.reference_max_episodes)
             ours_eps.append(summary["solved_at_episode"])
             ref_eps.append(ref_at)
-            print(f"| {seed} | {summary['solved_at_episode'] or 'not solved'} | {summary['train_seconds']:.1f} | "
-                  f"{summary['greedy_eval_mean']:.1f} | {ref_at or 'not solved'} | {ref_seconds:.1f} |", flush=True)
+            print(f"| {seed} | {summary['solved_at_episode'] or 'not solved'} | "
+                  f"{summary['train_seconds']:.1f} | "
+                  f"{summary['greedy_eval_mean']:.1f} | {ref_at or 'not solved'} | {ref_seconds:.1f} |",
+                  flush=True)
 
     def describe(values, budget):
         solved = [v for v in values if v is not None]
@@ -107,7 +112,8 @@ def main() -> int:
         return f"{len(solved)}/{len(values)} solved, median {median:.0f} episodes"
 
     print(f"\nours: {describe(ours_eps, args.max_episodes)} (budget {args.max_episodes}); "
-          f"PyTorch example: {describe(ref_eps, args.reference_max_episodes)} (budget {args.reference_max_episodes}; "
+          f"PyTorch example: {describe(ref_eps, args.reference_max_episodes)} "
+          f"(budget {args.reference_max_episodes}; "
           "unsolved runs count as the budget in the median)")
     return 0
 

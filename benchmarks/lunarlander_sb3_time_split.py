@@ -21,7 +21,8 @@ def main() -> int:
     try:
         import stable_baselines3  # noqa: F401
     except ImportError:
-        print("error: stable-baselines3 is a benchmark-only dependency: pip install -r benchmarks/requirements.txt", file=sys.stderr)
+        print("error: stable-baselines3 is a benchmark-only dependency: "
+              "pip install -r benchmarks/requirements.txt", file=sys.stderr)
         return 1
     import torch
     from lunarlander_vs_sb3 import make_sb3_ppo
@@ -46,7 +47,8 @@ def main() -> int:
         result = collect(*a, **k)
         if model.num_timesteps % 65_536 == 0:
             total = clock["update"] + clock["rollout"]
-            print(f"steps {model.num_timesteps - 65_536:>7,}-{model.num_timesteps:<7,}: {65_536 / total:5.0f} steps/s; "
+            print(f"steps {model.num_timesteps - 65_536:>7,}-{model.num_timesteps:<7,}: "
+                  f"{65_536 / total:5.0f} steps/s; "
                   + ", ".join(f"{k} {v:.1f} s" for k, v in clock.items()), flush=True)
             clock.update(dict.fromkeys(clock, 0.0))
         return result

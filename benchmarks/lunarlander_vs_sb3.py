@@ -41,7 +41,8 @@ def load_train():
 
 
 def run_ours(train, seed: int, tmp: str) -> dict:
-    args = train.Args(seed=seed, eval_every=EVAL_EVERY, eval_episodes=20, stop_score=TARGET, out=f"{tmp}/ours_s{seed}")
+    args = train.Args(seed=seed, eval_every=EVAL_EVERY, eval_episodes=20, stop_score=TARGET,
+                      out=f"{tmp}/ours_s{seed}")
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         summary = train.train(args)
     reached = summary["reached"] or {}
@@ -61,7 +62,8 @@ class SB3Actor:
 
 
 def make_sb3_ppo(seed: int):
-    """SB3's PPO with the rl-baselines3-zoo hyperparameters for LunarLander-v3 (also used by lunarlander_sb3_time_split.py)."""
+    """SB3's PPO with the rl-baselines3-zoo hyperparameters for LunarLander-v3 (also used by \
+lunarlander_sb3_time_split.py)."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
     env = make_vec_env("LunarLander-v3", n_envs=16, seed=seed)
@@ -77,7 +79,8 @@ def run_sb3(train, seed: int) -> dict:
         EVAL_EVERY more steps have passed; the clocks stop while evaluating. Stops at a confirmed 200."""
 
         def _on_training_start(self):
-            self.wall, self.cpu = time.perf_counter(), time.process_time()  # shifted by each evaluation's duration
+            # shifted by each evaluation's duration
+            self.wall, self.cpu = time.perf_counter(), time.process_time()
             self.next_eval, self.reached = EVAL_EVERY, None
 
         def clocks(self) -> tuple[float, float]:
@@ -114,12 +117,14 @@ def cells(r: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="training seeds, one row each")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="training seeds, one row each")
     args = parser.parse_args()
     try:
         import stable_baselines3
     except ImportError:
-        print("error: stable-baselines3 is a benchmark-only dependency: pip install -r benchmarks/requirements.txt", file=sys.stderr)
+        print("error: stable-baselines3 is a benchmark-only dependency: "
+              "pip install -r benchmarks/requirements.txt", file=sys.stderr)
         return 1
     torch.set_num_threads(1)
     train = load_train()
@@ -134,12 +139,14 @@ def main() -> int:
             ours, sb3 = run_ours(train, seed, tmp), run_sb3(train, seed)
             for clock in ratios:
                 ratios[clock].append(sb3[clock] / ours[clock])
-            print(f"| {seed} | {cells(ours)} | {cells(sb3)} | {ratios['wall'][-1]:.1f}x | {ratios['cpu'][-1]:.1f}x |", flush=True)
+            print(f"| {seed} | {cells(ours)} | {cells(sb3)} | "
+                  f"{ratios['wall'][-1]:.1f}x | {ratios['cpu'][-1]:.1f}x |", flush=True)
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     for clock, values in ratios.items():
         finite = [r for r in values if math.isfinite(r)]
         summary = f"min {min(finite):.1f}x, median {np.median(finite):.1f}x" if finite else "n/a"
-        print(f"SB3 / ours, time to a confirmed greedy 200 ({clock}): {summary} over {len(finite)}/{len(values)} "
+        print(f"SB3 / ours, time to a confirmed greedy 200 ({clock}): {summary} "
+              f"over {len(finite)}/{len(values)} "
               f"seeds where both reached it (bar: >= 3x on every seed)")
     return 0
 

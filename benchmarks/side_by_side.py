@@ -1,5 +1,7 @@
-"""What the "ours against TRL" benchmarks share: each side runs as `<script> --side NAME ...` in its own process
-(so its peak memory is its own), prints one JSON line last, and the parent prints a line of seconds per step."""
+"""What the "ours against TRL" benchmarks share: each side runs as `<script> --side NAME ...` in its own \
+process
+(so its peak memory is its own), prints one JSON line last, and the parent prints a line of seconds per \
+step."""
 import argparse
 import json
 import resource
@@ -11,7 +13,8 @@ import sys
 def side_parser(description: str) -> argparse.ArgumentParser:
     """The flags both benchmarks take, and the internal --side that runs one side in its own process."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--steps", type=int, default=4, help="steps per side, at least 2 (the first is reported apart)")
+    parser.add_argument("--steps", type=int, default=4,
+                        help="steps per side, at least 2 (the first is reported apart)")
     parser.add_argument("--seed", type=int, default=1, help="seed of both runs")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per side")
     parser.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
@@ -59,7 +62,8 @@ def problems_drawn(make_problem, held_questions: set[str], rng, n: int) -> list[
 
 
 def report(result: dict) -> None:
-    """In a side's process: add its peak resident memory (ru_maxrss, MB) and print the result as the last line."""
+    """In a side's process: add its peak resident memory (ru_maxrss, MB) and print the result as the last \
+line."""
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
@@ -77,5 +81,6 @@ def run_side(python: str, script: str, side: str, args: argparse.Namespace) -> d
 def step_seconds(side: str, result: dict) -> str:
     """'ours:  56.9 s/step (steps 2-4; first step 84.0 s)': the first step, with its one-off costs, apart."""
     times = result["step_seconds"]
-    return (f"{side:>4}: {statistics.mean(times[1:]):6.1f} s/step (steps 2-{len(times)}; first step {times[0]:.1f} s), "
+    return (f"{side:>4}: {statistics.mean(times[1:]):6.1f} s/step "
+            f"(steps 2-{len(times)}; first step {times[0]:.1f} s), "
             f"peak RSS {result['peak_rss_mb']:.0f} MB")

@@ -25,12 +25,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="state_dict to load")
     parser.add_argument("--episodes", type=int, default=10, help="number of episodes")
     parser.add_argument("--seed", type=int, default=0, help="episode i is reset with seed+i")
-    parser.add_argument("--sample", action="store_true", help="sample actions instead of taking the most likely one")
+    parser.add_argument("--sample", action="store_true",
+                        help="sample actions instead of taking the most likely one")
     parser.add_argument("--json", action="store_true",
                         help='print {"mean_return", "std_return", "episodes"} as the last line')
     parser.add_argument("--gif", default="",
                         help="record the first episode to this .gif file (a new one, or a GIF to replace)")
-    parser.add_argument("--render", action="store_true", help="show the episodes in a window (needs a display)")
+    parser.add_argument("--render", action="store_true",
+                        help="show the episodes in a window (needs a display)")
     args = parser.parse_args(argv)
     if args.episodes <= 0:
         parser.error(f"--episodes must be a positive number, got {args.episodes}")
@@ -119,7 +121,8 @@ def main(argv=None) -> int:
     for i, ret in enumerate(returns):
         print(f"{i:7d}  {args.seed + i:8d}  {ret:7.1f}")
     mean, std = float(np.mean(returns)), float(np.std(returns))
-    print(f"mean {mean:.1f} +/- {std:.1f} over {args.episodes} {'sampled' if args.sample else 'greedy'} episodes")
+    print(f"mean {mean:.1f} +/- {std:.1f} over {args.episodes} "
+          f"{'sampled' if args.sample else 'greedy'} episodes")
     if args.json:
         print(json.dumps({"mean_return": mean, "std_return": std, "episodes": args.episodes}))
     return 0

@@ -41,7 +41,8 @@ class Args:
     lr: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
     gamma: float = field(default=0.99, metadata={"help": "discount factor of the returns"})
     hidden: int = field(default=64, metadata={"help": "width of the policy's hidden layer"})
-    solve_score: float = field(default=475.0, metadata={"help": "moving-average return that counts as solved (CartPole-v1's threshold)"})
+    solve_score: float = field(default=475.0, metadata={
+        "help": "moving-average return that counts as solved (CartPole-v1's threshold)"})
     solve_window: int = field(default=100, metadata={"help": "episodes in the moving average"})
     eval_episodes: int = field(default=100, metadata={"help": "greedy episodes that confirm a solve"})
     out: str = field(default="", metadata={
@@ -226,7 +227,8 @@ def train(args: Args) -> dict:
         writer.add_scalar("losses/policy_loss", row["loss"], episode)
         bar.set_postfix(avg=f"{moving_avg:.1f}")
         if episode % args.log_every == 0:
-            tqdm.write(f"episode {episode:5d}  return {ep_return:6.1f}  avg{args.solve_window} {moving_avg:6.1f}")
+            tqdm.write(f"episode {episode:5d}  return {ep_return:6.1f}  "
+                       f"avg{args.solve_window} {moving_avg:6.1f}")
         if len(window) == args.solve_window and moving_avg >= args.solve_score:
             solved_at = episode
             break

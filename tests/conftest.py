@@ -43,7 +43,8 @@ def load_script(folder: str, stem: str = "train"):
     return module
 
 
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                 "{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
@@ -54,7 +55,8 @@ def save_tiny_tokenizer(path):
     from transformers import PreTrainedTokenizerFast
     specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
     chars = [chr(i) for i in range(32, 127)] + ["\n"]
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(specials + chars)}, merges=[], unk_token="<unk>"))
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(specials + chars)}, merges=[],
+                               unk_token="<unk>"))
     tok.add_special_tokens(specials)
     tok.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
@@ -66,8 +68,9 @@ def save_tiny_tokenizer(path):
 
 def tiny_llama_config(tokenizer) -> dict:
     """LlamaConfig arguments of a 2-layer, 32-wide model for the tiny tokenizer."""
-    return dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1,
+                eos_token_id=2, pad_token_id=2)
 
 
 def save_tiny_models(root: Path) -> None:

@@ -26,7 +26,8 @@ def test_discounted_returns_by_hand():
     # rewards 1, 2, 3, 4 with gamma 0.5: G3 = 4, G2 = 3 + 2 = 5, G1 = 2 + 2.5 = 4.5, G0 = 1 + 2.25 = 3.25
     returns = train.discounted_returns([1.0, 2.0, 3.0, 4.0], gamma=0.5)
     torch.testing.assert_close(returns, torch.tensor([3.25, 4.5, 5.0, 4.0]))
-    torch.testing.assert_close(train.discounted_returns([1.0, 1.0, 1.0], gamma=1.0), torch.tensor([3.0, 2.0, 1.0]))
+    torch.testing.assert_close(train.discounted_returns([1.0, 1.0, 1.0], gamma=1.0),
+                               torch.tensor([3.0, 2.0, 1.0]))
 
 
 def test_standardize_and_loss():
@@ -39,7 +40,8 @@ def test_standardize_and_loss():
 
 def test_tiny_training_run(tmp_path):
     (tmp_path / "run").mkdir()  # an existing empty directory is a fine --out
-    summary = train.train(train.Args(seed=0, max_episodes=20, eval_episodes=2, out=str(tmp_path / "run"), log_every=10))
+    summary = train.train(train.Args(seed=0, max_episodes=20, eval_episodes=2, out=str(tmp_path / "run"),
+                                     log_every=10))
     run_dir = tmp_path / "run"
     for name in ("metrics.csv", "learning_curve.png", "policy.pt"):
         assert (run_dir / name).is_file(), name

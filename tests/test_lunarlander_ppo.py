@@ -82,7 +82,8 @@ def test_tiny_training_run(tmp_path, flags):
         assert (run_dir / name).is_file(), name
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     assert len(rows) == 2
-    assert all(math.isfinite(float(r[k])) for r in rows for k in ("policy_loss", "value_loss", "entropy", "approx_kl"))
+    assert all(math.isfinite(float(r[k]))
+               for r in rows for k in ("policy_loss", "value_loss", "entropy", "approx_kl"))
     agent, ckpt = train.load_checkpoint(run_dir / "final.pt")
     assert agent.continuous == ("--continuous" in flags) and ckpt["env_id"] == args.env_id
     assert ckpt["env_kwargs"] == args.env_kwargs and ckpt["wind"] == args.wind

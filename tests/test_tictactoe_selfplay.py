@@ -88,7 +88,8 @@ def test_returns_and_actor_critic_loss_by_hand():
     torch.testing.assert_close(train.move_returns(-1.0, 2, 0.9), torch.tensor([-0.9, -1.0]))
     values = torch.tensor([0.5, 0.0], requires_grad=True)
     loss, policy_loss, value_loss = train.actor_critic_loss(torch.log(torch.tensor([0.5, 0.5])), values,
-                                                            torch.tensor([1.0, -1.0]), torch.zeros(2), 0.5, 0.0)
+                                                            torch.tensor([1.0, -1.0]), torch.zeros(2),
+                                                            0.5, 0.0)
     assert math.isclose(value_loss.item(), (0.25 + 1.0) / 2, rel_tol=1e-6)
     assert math.isclose(policy_loss.item(), -(math.log(0.5) * 0.5 + math.log(0.5) * -1.0) / 2, rel_tol=1e-6)
     loss.backward()  # the advantage is detached: only the value loss reaches V, d/dV 0.5 * mean((G - V)^2)
@@ -102,8 +103,10 @@ def test_game_tree_tools():
     first_free = lambda board: train.free_cells(board)[0]  # noqa: E731
     assert train.exhaustive_losing_lines(perfect, 1) == 0 and train.exhaustive_losing_lines(perfect, -1) == 0
     assert train.exhaustive_losing_lines(first_free, 1) > 0
-    assert train.exhaustive_losing_lines(lambda board: 9, 1) == 1  # the first move is illegal: one losing line
-    # X plays the first free cell, O only ever has one choice left after X 0, O 1, X 2, ...: exact rates sum to 1
+    # the first move is illegal: one losing line
+    assert train.exhaustive_losing_lines(lambda board: 9, 1) == 1
+    # X plays the first free cell, O only ever has one choice left after X 0, O 1, X 2, ...:
+    # exact rates sum to 1
     rates = train.outcome_rates(first_free, 1, train.free_cells)
     assert math.isclose(sum(rates.values()), 1.0) and rates["loss"] > 0
 
@@ -116,10 +119,12 @@ def test_play_batch_records_only_the_learner():
     seats = [{1: net, -1: net}, {1: net, -1: None}, {1: train.ActorCritic(16), -1: net}]
     records, winners = train.play_batch(envs, net, seats, openings=[0, 2, 4], epsilon=0.3)
     assert [sorted(r) for r in records] == [[-1, 1], [1], [-1]] and all(w in (1, 0, -1) for w in winners)
-    assert len(records[0][1][2]) + len(records[0][-1][2]) == int((envs[0].board != 0).sum())  # every move of game 0
+    # every move of game 0
+    assert len(records[0][1][2]) + len(records[0][-1][2]) == int((envs[0].board != 0).sum())
     for moves in records:
         for obs, masks, actions in moves.values():
-            assert all(m[a] and o[a] == 0 for o, m, a in zip(obs, masks, actions))  # legal, recorded before the move
+            # legal, recorded before the move
+            assert all(m[a] and o[a] == 0 for o, m, a in zip(obs, masks, actions))
 
 
 # --- the shipped agent ---------------------------------------------------------------------------
@@ -130,7 +135,8 @@ def test_load_agent_moves_are_legal_and_deterministic():
         board = [0] * 9
         player = 1
         while train.winner(board) == 0 and 0 in board:
-            cell = agent.move(board) if rng.random() < 0.5 else int(rng.choice(train.free_cells(tuple(board))))
+            cell = (agent.move(board) if rng.random() < 0.5
+                    else int(rng.choice(train.free_cells(tuple(board)))))
             assert board[cell] == 0 and agent.move(board) == agent.move(tuple(board))
             board[cell] = player
             player = -player
@@ -150,10 +156,12 @@ def test_shipped_agent_is_unexploitable_and_wins():
 
 def test_eval_script_json(capsys):
     assert ev.main(["--exhaustive", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"losing_lines_x": 0, "losing_lines_o": 0, "losing_lines": 0}
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"losing_lines_x": 0, "losing_lines_o": 0,
+                                                                    "losing_lines": 0}
     assert ev.main(["--games", "50", "--json"]) == 0
     results = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert results["random_x_loss"] == results["random_o_loss"] == results["minimax_x_loss"] == results["minimax_o_loss"] == 0.0
+    assert (results["random_x_loss"] == results["random_o_loss"] == results["minimax_x_loss"]
+            == results["minimax_o_loss"] == 0.0)
 
 
 @pytest.mark.parametrize("module", [ev, play], ids=["eval", "play"])
@@ -189,7 +197,8 @@ def test_scripted_game_through_play_py_with_bad_inputs():
 @pytest.mark.parametrize("stdin", ["q\n", ""])
 def test_quit_and_end_of_input_exit_cleanly(stdin):
     result = run("play.py", "--first", "human", stdin=stdin)
-    assert result.returncode == 0 and "Final score: you 0, agent 0, draws 0" in result.stdout and not result.stderr
+    assert (result.returncode == 0 and "Final score: you 0, agent 0, draws 0" in result.stdout
+            and not result.stderr)
 
 
 def test_ctrl_c_exits_cleanly_with_the_score():
@@ -210,7 +219,8 @@ def test_play_session_with_injected_io():
     ones are refused and asked again), says yes to one more game, then no."""
     tries, again = iter([str(c) for c in range(1, 10)] * 10), iter(["y", "n"])
     lines = []
-    score = play.play_session(ev.load_agent(), "agent", input_fn=lambda prompt: next(again if "again" in prompt else tries),
+    score = play.play_session(ev.load_agent(), "agent",
+                              input_fn=lambda prompt: next(again if "again" in prompt else tries),
                               output_fn=lines.append)
     assert score["you"] == 0 and sum(score.values()) == 2 and any("is taken" in line for line in lines)
     assert lines[-1] == f"Final score: you 0, agent {score['agent']}, draws {score['draws']}"
@@ -219,16 +229,18 @@ def test_play_session_with_injected_io():
 # --- training ------------------------------------------------------------------------------------
 def test_tiny_training_run(tmp_path):
     (tmp_path / "run").mkdir()  # an existing empty directory is a fine --out
-    args = train.parse_args(["--games", "128", "--games-per-update", "32", "--eval-every", "2", "--snapshot-every", "1",
-                             "--out", str(tmp_path / "run")])
+    args = train.parse_args(["--games", "128", "--games-per-update", "32", "--eval-every", "2",
+                             "--snapshot-every", "1", "--out", str(tmp_path / "run")])
     summary = train.train(args)
     run_dir = tmp_path / "run"
     for name in ("metrics.csv", "learning_curve.png", "best.pt", "final.pt"):
         assert (run_dir / name).is_file()
     assert any(p.name.startswith("events.out.tfevents") for p in run_dir.iterdir())
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
-    assert len(rows) == 2 and all(math.isfinite(float(r[k])) for r in rows for k in ("policy_loss", "value_loss", "entropy"))
-    assert summary["best"]["losing_lines"] >= 0 and ev.load_agent(run_dir / "best.pt").move([0] * 9) in range(9)
+    assert len(rows) == 2 and all(math.isfinite(float(r[k]))
+                                  for r in rows for k in ("policy_loss", "value_loss", "entropy"))
+    assert (summary["best"]["losing_lines"] >= 0
+            and ev.load_agent(run_dir / "best.pt").move([0] * 9) in range(9))
 
 
 def test_bad_flag_is_rejected(capsys):

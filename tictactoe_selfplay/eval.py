@@ -32,7 +32,8 @@ class Agent:
         Returns the agent's cell (0-8) for the player to move."""
         board = tuple(int(v) for v in board)
         if board not in self._table:
-            raise ValueError(f"not a position of an unfinished game (9 values in 1/0/-1, X first): {list(board)}")
+            raise ValueError(f"not a position of an unfinished game (9 values in 1/0/-1, X first): "
+                             f"{list(board)}")
         return self._table[board]
 
 
@@ -58,7 +59,8 @@ def match_rates(agent_move, opponent_move, games: int, agent_plays: int) -> dict
     """Win / draw / loss rates of the agent over `games` sampled games as X (1) or O (-1)."""
     pairs = (agent_move, opponent_move) if agent_plays == 1 else (opponent_move, agent_move)
     results = [play_game(*pairs) * agent_plays for _ in range(games)]  # +1 the agent won, -1 it lost
-    return {"win": results.count(1) / games, "draw": results.count(0) / games, "loss": results.count(-1) / games}
+    return {"win": results.count(1) / games, "draw": results.count(0) / games,
+            "loss": results.count(-1) / games}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="state_dict to load")
     parser.add_argument("--games", type=int, default=1000, help="games per opponent and side")
     parser.add_argument("--seed", type=int, default=0, help="seed of the opponents' random choices")
-    parser.add_argument("--exhaustive", action="store_true", help="count losing lines over every opponent move sequence")
+    parser.add_argument("--exhaustive", action="store_true",
+                        help="count losing lines over every opponent move sequence")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line, last")
     args = parser.parse_args(argv)
     if args.games <= 0:
@@ -93,14 +96,16 @@ def main(argv=None) -> int:
         rng = random.Random(args.seed)
         opponents = {"random": (lambda b: rng.choice(free_cells(b)), free_cells),
                      "minimax": (lambda b: rng.choice(minimax_moves(b)), minimax_moves)}
-        print(f"{'opponent':>8}  {'agent':>5}  {'win':>6}  {'draw':>6}  {'loss':>6}  {'exact win':>9}   ({args.games} games each)")
+        print(f"{'opponent':>8}  {'agent':>5}  {'win':>6}  {'draw':>6}  {'loss':>6}  {'exact win':>9}   "
+              f"({args.games} games each)")
         for name, (sampled, choices) in opponents.items():
             for side, player in (("X", 1), ("O", -1)):
                 rates = match_rates(agent.move, sampled, args.games, player)
                 exact = outcome_rates(agent.move, player, choices)["win"]
                 results.update({f"{name}_{side.lower()}_{k}": v for k, v in rates.items()})
                 results[f"{name}_{side.lower()}_win_exact"] = round(exact, 4)
-                print(f"{name:>8}  {side:>5}  {rates['win']:6.1%}  {rates['draw']:6.1%}  {rates['loss']:6.1%}  {exact:9.1%}")
+                print(f"{name:>8}  {side:>5}  {rates['win']:6.1%}  {rates['draw']:6.1%}  "
+                      f"{rates['loss']:6.1%}  {exact:9.1%}")
         results["games"] = args.games
     if args.json:
         print(json.dumps(results))

@@ -58,7 +58,8 @@ def play_game(agent, human_first: bool, input_fn, output_fn) -> int:
     9 ints in reading order (1 = X, -1 = O, 0 = empty), the format of `agent.move`."""
     board = [0] * 9
     human = 1 if human_first else -1
-    output_fn(f"\nYou are {MARKS[human]}, the agent is {MARKS[-human]}. {'You start.' if human_first else 'The agent starts.'}")
+    output_fn(f"\nYou are {MARKS[human]}, the agent is {MARKS[-human]}. "
+              f"{'You start.' if human_first else 'The agent starts.'}")
     player = 1
     while winner(board) == 0 and 0 in board:
         if player == human:
@@ -95,7 +96,8 @@ def play_session(agent, first: str = "random", input_fn=input, output_fn=print, 
 
 def main(argv=None) -> int:
     parser = Parser("Play Tic-Tac-Toe against the self-play agent.")
-    parser.add_argument("--first", choices=("human", "agent", "random"), default="random", help="who plays X and starts")
+    parser.add_argument("--first", choices=("human", "agent", "random"), default="random",
+                        help="who plays X and starts")
     parser.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="agent weights")
     args = parser.parse_args(argv)
     try:

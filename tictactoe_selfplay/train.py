@@ -46,19 +46,28 @@ class Args:
         "help": "training games at most, rounded to whole batches (training usually stops long before)"})
     games_per_update: int = field(default=64, metadata={"help": "games in each actor-critic batch"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
-    gamma: float = field(default=0.95, metadata={"help": "discount per own move: a quicker win is worth more"})
+    gamma: float = field(default=0.95, metadata={
+        "help": "discount per own move: a quicker win is worth more"})
     ent_coef: float = field(default=0.01, metadata={"help": "entropy bonus coefficient"})
     vf_coef: float = field(default=0.5, metadata={"help": "value loss coefficient"})
-    snapshot_every: int = field(default=20, metadata={"help": "updates between snapshots added to the opponent pool"})
+    snapshot_every: int = field(default=20, metadata={
+        "help": "updates between snapshots added to the opponent pool"})
     pool_size: int = field(default=20, metadata={"help": "frozen snapshots kept in the opponent pool"})
-    mirror_share: float = field(default=0.4, metadata={"help": "share of games of the current network against itself (both sides learn)"})
-    random_opponent_share: float = field(default=0.2, metadata={"help": "share of games against a uniformly random player (the rest: snapshots)"})
-    opponent_epsilon: float = field(default=0.3, metadata={"help": "snapshots play their greedy move, or a random one with this probability"})
-    max_opening_moves: int = field(default=4, metadata={"help": "each game opens with 0..N random moves nobody learns from (at most 4: no game ends)"})
+    mirror_share: float = field(default=0.4, metadata={
+        "help": "share of games of the current network against itself (both sides learn)"})
+    random_opponent_share: float = field(default=0.2, metadata={
+        "help": "share of games against a uniformly random player (the rest: snapshots)"})
+    opponent_epsilon: float = field(default=0.3, metadata={
+        "help": "snapshots play their greedy move, or a random one with this probability"})
+    max_opening_moves: int = field(default=4, metadata={
+        "help": "each game opens with 0..N random moves nobody learns from (at most 4: no game ends)"})
     hidden: int = field(default=128, metadata={"help": "width of the two hidden layers"})
-    eval_every: int = field(default=25, metadata={"help": "updates between evaluations (exact, over the whole game tree)"})
-    stop_win_x: float = field(default=0.97, metadata={"help": "stop once there are no losing lines and the win rate vs random as X is at least this"})
-    stop_win_o: float = field(default=0.85, metadata={"help": "... and as O at least this (the best never-losing policy reaches 0.995 and 0.916)"})
+    eval_every: int = field(default=25, metadata={
+        "help": "updates between evaluations (exact, over the whole game tree)"})
+    stop_win_x: float = field(default=0.97, metadata={
+        "help": "stop once there are no losing lines and the win rate vs random as X is at least this"})
+    stop_win_o: float = field(default=0.85, metadata={
+        "help": "... and as O at least this (the best never-losing policy reaches 0.995 and 0.916)"})
     out: str = field(default="", metadata={
         "help": "run directory, new or empty (default: the first free one of runs/tictactoe_s<seed>, "
                 "-2, -3 ...)"})
@@ -330,7 +339,8 @@ def play_batch(envs: list, learner: ActorCritic, seats: list, openings: list, ep
         actions = {}
         for idx in groups.values():
             controller = seats[idx[0]][players[idx[0]]]
-            moves = choose_moves(controller, np.stack([obs[i] for i in idx]), np.stack([masks[i] for i in idx]),
+            moves = choose_moves(controller, np.stack([obs[i] for i in idx]),
+                                 np.stack([masks[i] for i in idx]),
                                  sample=controller is learner, epsilon=epsilon)
             actions.update(zip(idx, moves))
         for i in live:
@@ -365,12 +375,14 @@ def plot_learning_curve(rows: list[dict], path: Path, title: str) -> None:
     games = [r["games"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     for key, label in (("random_x_win", "win vs random as X"), ("random_o_win", "win vs random as O"),
-                       ("minimax_x_loss", "loss vs minimax as X"), ("minimax_o_loss", "loss vs minimax as O")):
+                       ("minimax_x_loss", "loss vs minimax as X"),
+                       ("minimax_o_loss", "loss vs minimax as O")):
         ax1.plot(games, [r[key] for r in rows], label=label)
     ax1.set(xlabel="training games", ylabel="rate (exact)", ylim=(-0.02, 1.02), title=title)
     ax1.legend(fontsize=7)
     ax2.plot(games, [r["losing_lines"] for r in rows], color="C3")
-    ax2.set(xlabel="training games", ylabel="losing lines (exhaustive)", yscale="symlog", title="exploitability")
+    ax2.set(xlabel="training games", ylabel="losing lines (exhaustive)", yscale="symlog",
+            title="exploitability")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -428,12 +440,15 @@ def train(args: Args) -> dict:
         # 4. Evaluate exactly: rates against random and minimax, and the exhaustive losing-line count.
         if update % args.eval_every == 0 or update == num_updates:
             stats = evaluate(greedy_policy(net).__getitem__)
-            row = {"update": update, "games": update * args.games_per_update, "seconds": round(time.perf_counter() - start, 2),
-                   "policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.mean().item(), **stats}
+            row = {"update": update, "games": update * args.games_per_update,
+                   "seconds": round(time.perf_counter() - start, 2),
+                   "policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
+                   "entropy": entropy.mean().item(), **stats}
             rows.append(row)
             for key, value in row.items():
                 if key not in ("update", "games"):
-                    writer.add_scalar(("losses/" if key in ("policy_loss", "value_loss", "entropy") else "eval/") + key, value, row["games"])
+                    writer.add_scalar(("losses/" if key in ("policy_loss", "value_loss", "entropy")
+                                       else "eval/") + key, value, row["games"])
             stopped = (stats["losing_lines"] == 0 and stats["random_x_win"] >= args.stop_win_x
                        and stats["random_o_win"] >= args.stop_win_o)
             score = (-stats["losing_lines"], stopped, stats["random_x_win"] + stats["random_o_win"])
@@ -442,10 +457,13 @@ def train(args: Args) -> dict:
                 torch.save(net.state_dict(), run_dir / "best.pt")
             if stats["losing_lines"] == 0 and first_zero is None:
                 first_zero = row
-            bar.set_postfix(lines=stats["losing_lines"], rx=f"{stats['random_x_win']:.2f}", ro=f"{stats['random_o_win']:.2f}")
-            tqdm.write(f"games {row['games']:7d}  {row['seconds']:6.1f}s  losing lines {stats['losing_lines']:4d}  "
+            bar.set_postfix(lines=stats["losing_lines"], rx=f"{stats['random_x_win']:.2f}",
+                            ro=f"{stats['random_o_win']:.2f}")
+            tqdm.write(f"games {row['games']:7d}  {row['seconds']:6.1f}s  "
+                       f"losing lines {stats['losing_lines']:4d}  "
                        f"vs random: X win {stats['random_x_win']:.3f} O win {stats['random_o_win']:.3f}  "
-                       f"vs minimax: X loss {stats['minimax_x_loss']:.2f} O loss {stats['minimax_o_loss']:.2f}")
+                       f"vs minimax: X loss {stats['minimax_x_loss']:.2f} "
+                       f"O loss {stats['minimax_o_loss']:.2f}")
             if stopped:
                 break
     bar.close()
@@ -465,9 +483,12 @@ def train(args: Args) -> dict:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes((run_dir / "best.pt").read_bytes())
     b = best[1]
-    print(("stopped: " if stopped else "budget spent: ") + f"best checkpoint has {b['losing_lines']} losing lines, wins "
-          f"{b['random_x_win']:.3f} as X and {b['random_o_win']:.3f} as O vs random (after {b['games']} games, {b['seconds']:.0f} s); "
-          + (f"first zero losing lines after {first_zero['games']} games; " if first_zero else "never unexploitable; ")
+    print(("stopped: " if stopped else "budget spent: ")
+          + f"best checkpoint has {b['losing_lines']} losing lines, wins "
+          f"{b['random_x_win']:.3f} as X and {b['random_o_win']:.3f} as O vs random "
+          f"(after {b['games']} games, {b['seconds']:.0f} s); "
+          + (f"first zero losing lines after {first_zero['games']} games; " if first_zero
+             else "never unexploitable; ")
           + f"outputs in {run_dir}")
     return {"run_dir": str(run_dir), "best": b, "first_zero": first_zero, "stopped": stopped}
 
