@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 SFT = ["--init-adapter", "ppo_rlhf_math/sft_adapter"]
 MODELS = {  # name: (label, eval.py flags)
     "untouched": ("untouched SmolLM2-135M-Instruct", ["--no-adapter"]),
+    "warmup": ("format warm-up only (GRPO step 0)", ["--adapter", "grpo_lm/warmup_adapter"]),
     "sft": ("SFT (ppo_rlhf_math)", [*SFT, "--no-adapter"]),
     "ppo": ("PPO-RLHF from SFT", [*SFT, "--adapter", "ppo_rlhf_math/ppo_adapter"]),
     "grpo_sft": ("GRPO from SFT", ["--adapter", "grpo_lm/adapter_from_sft"]),
@@ -27,8 +28,10 @@ MODELS = {  # name: (label, eval.py flags)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
-                        help="models to run")
+    shipped = [name for name, (_, flags) in MODELS.items()
+               if "--adapter" not in flags or (REPO / flags[flags.index("--adapter") + 1]).is_dir()]
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=shipped,
+                        help="models to run (default: those whose adapter is shipped)")
     parser.add_argument("--k", type=int, default=8, help="samples per problem")
     parser.add_argument("--n", type=int, default=100, help="held-out problems")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")

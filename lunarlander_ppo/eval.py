@@ -10,6 +10,7 @@ Episode i is reset with seed S+i.
 import argparse
 import importlib.util
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -77,7 +78,7 @@ def play(agent, ckpt: dict, seed: int, greedy: bool, render_mode: str) -> tuple[
     frames, total, done = [], 0.0, False
     while not done:
         if render_mode == "rgb_array":
-            frames.append(env.render())
+            frames.append(with_wind(env.render(), env.unwrapped) if ckpt["wind"] else env.render())
         action, _ = agent.act(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0), greedy=greedy)
         obs, reward, terminated, truncated, _ = env.step(to_env_actions(action, env.action_space)[0])
         total += reward
@@ -86,6 +87,28 @@ def play(agent, ckpt: dict, seed: int, greedy: bool, render_mode: str) -> tuple[
         frames.append(env.render())
     env.close()
     return total, frames
+
+
+def with_wind(frame: np.ndarray, lander) -> np.ndarray:
+    """The frame with an arrow for the wind the next step pushes the lander with (the renderer draws none):
+    LunarLander's force tanh(sin(0.02 k) + sin(0.01 pi k)) * wind_power, k its wind index. No wind acts
+    once a leg touches the ground."""
+    from PIL import Image, ImageDraw
+
+    k = lander.wind_idx
+    force = math.tanh(math.sin(0.02 * k) + math.sin(math.pi * 0.01 * k)) * lander.wind_power
+    if lander.legs[0].ground_contact or lander.legs[1].ground_contact:
+        force = 0.0
+    image = Image.fromarray(frame)
+    draw, (x, y) = ImageDraw.Draw(image), (image.width // 2, 40)
+    end = x + int(force / lander.wind_power * 150)  # full power: 150 pixels
+    draw.line([(x, y), (end, y)], fill=(255, 80, 0), width=6)
+    if end != x:
+        tip = 14 if end > x else -14
+        draw.polygon([(end + tip, y), (end, y - 10), (end, y + 10)], fill=(255, 80, 0))
+    draw.text((x, y + 14), f"wind {force:+.1f} (power {lander.wind_power:g})", fill=(255, 255, 255),
+              font_size=26, anchor="ma")
+    return np.asarray(image)
 
 
 def write_gif(frames: list, path: Path, every: int = 2) -> None:

@@ -109,6 +109,16 @@ def test_a_checkpoint_that_does_not_fit_its_env_is_refused(tmp_path):
     assert result.stderr.splitlines() == [said]
 
 
+def test_the_wind_gif_draws_the_wind():
+    evaluation = load_script("lunarlander_ppo", "eval")
+    env = train.make_env("LunarLander-v3", wind=True, render_mode="rgb_array")
+    env.reset(seed=3)
+    frame = env.render()
+    drawn = evaluation.with_wind(frame, env.unwrapped)
+    assert drawn.shape == frame.shape and (drawn != frame).any()  # the arrow and its label
+    env.close()
+
+
 def test_shipped_weights_land():
     agent, ckpt = train.load_checkpoint(train.SHIPPED_WEIGHTS)
     returns = train.evaluate(agent, ckpt["env_id"], episodes=3, seed=424242)
