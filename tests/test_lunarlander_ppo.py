@@ -119,10 +119,14 @@ def test_the_wind_gif_draws_the_wind():
     env.close()
 
 
-def test_shipped_weights_land():
-    agent, ckpt = train.load_checkpoint(train.SHIPPED_WEIGHTS)
-    returns = train.evaluate(agent, ckpt["env_id"], episodes=3, seed=424242)
+@pytest.mark.parametrize("name", ["agent.pt", "agent_wind.pt", "agent_continuous.pt"])
+def test_shipped_weights_land(name):
+    agent, ckpt = train.load_checkpoint(REPO / "lunarlander_ppo" / name)
+    train.check_fits_env(agent, ckpt, name)
+    returns = train.evaluate(agent, ckpt["env_id"], episodes=3, seed=424242, continuous=ckpt["continuous"],
+                             wind=ckpt["wind"], extra=ckpt["env_kwargs"])
     assert min(returns) >= 200, returns
+    assert (ckpt["wind"], ckpt["continuous"]) == ("wind" in name, "continuous" in name)
 
 
 def test_eval_json_and_bad_input(tmp_path):
