@@ -28,8 +28,10 @@ def run_seed(seed: int, flags: list[str], out: Path, episodes: int, eval_seed: i
     start = time.perf_counter()
     log = out.with_suffix(".log")
     with open(log, "w") as fh:
-        subprocess.run([sys.executable, FOLDER / "train.py", "--seed", str(seed), "--threads", "1",
-                        "--out", str(out), *flags], stdout=fh, stderr=subprocess.STDOUT, check=True)
+        trained = subprocess.run([sys.executable, FOLDER / "train.py", "--seed", str(seed), "--threads", "1",
+                                  "--out", str(out), *flags], stdout=fh, stderr=subprocess.STDOUT)
+    if trained.returncode:  # a bad --train-flags, a taken --keep dir: train.py's own one-line error
+        sys.exit(f"seed {seed}: {(log.read_text().strip().splitlines() or ['train.py failed'])[-1]}")
     wall = time.perf_counter() - start
     with open(out / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -53,6 +55,8 @@ def main() -> int:
     parser.add_argument("--bar-200", type=int, default=0, help="episodes at 200 or more the table checks")
     parser.add_argument("--keep", default="", help="keep the run directories here (default: a temp dir)")
     args = parser.parse_args()
+    if min(args.jobs, args.episodes) < 1 or args.eval_seed < 0:
+        parser.error("--jobs and --episodes must be positive, --eval-seed 0 or more")
     flags = args.train_flags.split()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
