@@ -60,10 +60,8 @@ W_CORRECT, W_FORMAT, W_BREVITY, W_NO_EOS = 1.0, 0.2, 0.1, 1.0  # sequence-reward
 GAMMA, LAM = 1.0, 0.95  # GAE over tokens (lambda 1.0, with lr 5e-4, drifted and lost points)
 CLIP, VALUE_CLIP, VF_COEF = 0.2, 0.2, 0.1  # ratio clip; value clip around old values; value-loss weight
 
-
 def arg(default, help: str):
     return dataclasses.field(default=default, metadata={"help": help})
-
 
 @dataclasses.dataclass
 class Args:
@@ -100,7 +98,6 @@ class Args:
     w_slip: float = arg(1.0, "PPO: penalty on the token that writes the first arithmetic slip (0: off)")
     eval_every: int = arg(40, "PPO steps between held-out evaluations")
 
-
 # ====== The task: grpo_lm's arithmetic, a worked solution, the prompt and the checker ===================
 NAMES = ["Ava", "Ben", "Mia", "Leo", "Zoe", "Sam", "Ivy", "Max", "Nora", "Omar", "Lucy", "Raj"]
 ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "coins", "cards", "shells", "stamps"]
@@ -108,7 +105,6 @@ INSTRUCTION = "Give the final answer on the last line in the form '#### <number>
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 ARITHMETIC_LINE = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)")
 WORK_LINE = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = |#### ")  # a line of work up to its result, or the end
-
 
 def make_problem(rng: random.Random, names: list[str] = NAMES, items: list[str] = ITEMS) -> dict:
     """{question, answer, solution}: grpo_lm's draws (the same held-out questions), a line a step."""
@@ -143,7 +139,6 @@ def make_problem(rng: random.Random, names: list[str] = NAMES, items: list[str] 
     return {"question": question or f"What is {a} {op} {b}?", "answer": answer,
             "solution": "\n".join(lines + [f"#### {answer}"])}
 
-
 def distinct_problems(seed: int, n: int, exclude: set[str] = frozenset(), names: list[str] = NAMES,
                       items: list[str] = ITEMS) -> list[dict]:
     rng, seen, problems = random.Random(seed), set(exclude), []
@@ -153,14 +148,11 @@ def distinct_problems(seed: int, n: int, exclude: set[str] = frozenset(), names:
             problems.append(p)
     return problems
 
-
 def heldout_problems(n: int) -> list[dict]:
     return distinct_problems(HELDOUT_SEED, n)  # the fixed held-out set, identical to grpo_lm's
 
-
 def split_solution(problem: dict) -> dict:
-    """A one-line sum or difference in two steps, the second number's tens then its units (`61 - 37 = 24`
-    becomes `61 - 30 = 31`, `31 - 7 = 24`): a digit place a step. All SFT and reward-model solutions."""
+    """A one-line sum or difference as tens, then units (61 - 37: 61 - 30 = 31, 31 - 7 = 24)."""
     *work, final = problem["solution"].split("\n")
     if len(work) > 1:
         return problem
@@ -171,7 +163,6 @@ def split_solution(problem: dict) -> dict:
     middle = OPS[op](int(a), tens)
     return {**problem, "solution": f"{a} {op} {tens} = {middle}\n{middle} {op} {units} = {result}\n{final}"}
 
-
 def build_prompt(tokenizer, question: str) -> str:
     content = f"{question}\n{INSTRUCTION}"
     if tokenizer.chat_template:
@@ -179,22 +170,18 @@ def build_prompt(tokenizer, question: str) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return f"Question: {content}\nAnswer:"
 
-
 def extract_answer(completion: str) -> str | None:
     match = re.search(r"####\s*(-?[\d,]*\d)\s*$", completion.strip())  # a trailing '#### <number>'
     return match.group(1).replace(",", "") if match else None
 
-
 def sequence_reward(texts: list[str], answers: list[str], lengths: torch.Tensor, ended: torch.Tensor,
                     max_new_tokens: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The checker's reward (B,) for the last token, and its parts: correct, format, brevity = 1 - length /
-    max for CORRECT answers only (a short wrong one must not pay), no_eos (the length limit came first)."""
+    """The checker's reward (B,) and its parts; brevity (1 - length / max) pays correct answers only."""
     correct = torch.tensor([float(extract_answer(t) == a) for t, a in zip(texts, answers)])
     fmt = torch.tensor([float(extract_answer(t) is not None) for t in texts])
     brevity, no_eos = correct * (1 - lengths.float() / max_new_tokens).clamp(min=0), (~ended.bool()).float()
     reward = W_CORRECT * correct + W_FORMAT * fmt + W_BREVITY * brevity - W_NO_EOS * no_eos
     return reward, {"correct": correct, "format": fmt, "brevity": brevity, "no_eos": no_eos}
-
 
 def first_slip(text: str) -> int | None:
     """The index of the first character where the work goes wrong, or None: a result digit the line's own
@@ -215,39 +202,32 @@ def first_slip(text: str) -> int | None:
         start += len(line) + 1
     return None
 
-
 def slip_penalties(tokenizer, completion_ids, mask, texts: list[str], weight: float):
-    """(B, T): -weight on the token that writes each first slip (the first whose decoded prefix reaches past
-    it), and (B,) 1 where there is none. The score reaches that token only through GAE; this names it."""
+    """(B, T): -weight on the token that writes each first slip, and (B,) 1 where there is none."""
     penalties, no_slip = torch.zeros(mask.shape), torch.ones(len(texts))
     for row, (ids, m, text) in enumerate(zip(completion_ids, mask, texts)):
         if (slip := first_slip(text)) is not None:
             ids = ids[m.bool()].tolist()
-            token = next(t for t in range(len(ids))
+            token = next(t for t in range(len(ids))  # the first whose decoded prefix reaches past the slip
                          if len(tokenizer.decode(ids[:t + 1], skip_special_tokens=True)) > slip)
             penalties[row, token], no_slip[row] = -weight, 0.0
     return penalties, no_slip
-
 
 # ====== The RLHF math: pure functions on tensors (tests and notebook 05 import them) ====================
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     """-log sigmoid(r(x, y_c) - r(x, y_r)), averaged over pairs (InstructGPT eq. 1)."""
     return -F.logsigmoid(chosen - rejected).mean()
 
-
 def per_token_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, kind: str = "k1"):
-    """KL(pi || pi_ref) per sampled token, (B, T), 0 on padding: k1 = log pi - log pi_ref (unbiased, can be
-    < 0; PPO's) or k3 = e^-k1 + k1 - 1 (>= 0, Schulman 2020)."""
+    """KL(pi || pi_ref) per token (B, T), 0 on padding: k1 = log pi - log pi_ref (PPO's) or k3."""
     log_ratio = logp - ref_logp
     return (log_ratio if kind == "k1" else torch.exp(-log_ratio) + log_ratio - 1) * mask
-
 
 def shape_rewards(score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float):
     """(B, T): r_t = -beta KL_t on every token, plus the score (B,) on the last real one (Ziegler 2019)."""
     rewards = -kl_coef * kl * mask
     rewards[torch.arange(len(score)), mask.sum(1).long() - 1] += score
     return rewards
-
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
     """GAE over tokens (Schulman et al. 2016, eq. 16), (B, T) each -> (advantages, returns): delta_t = r_t
@@ -262,15 +242,12 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
         next_value = values[:, t] * real
     return advantages, (advantages + values) * mask
 
-
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / sqrt(var + 1e-8) over the positions where mask is 1, 0 elsewhere; shift_mean=False
-    keeps the mean (for rewards, whose level the critic must learn)."""
+    """(x - mean) / sqrt(var + 1e-8) over the real positions, 0 elsewhere; shift_mean=False keeps the mean."""
     real = x[mask.bool()]
     mean, var = real.mean(), real.var()
     white = (x - mean) * torch.rsqrt(var + 1e-8)
     return (white if shift_mean else white + mean) * mask
-
 
 def ppo_policy_loss(logp, old_logp, advantages, mask, clip: float):
     """Clipped surrogate on every real token (PPO eq. 7), token mean. (loss, clipfrac, approx_kl k3)"""
@@ -283,7 +260,6 @@ def ppo_policy_loss(logp, old_logp, advantages, mask, clip: float):
         approx_kl = (((ratio - 1) - log_ratio) * mask).sum() / tokens
     return (per_token * mask).sum() / tokens, clipfrac, approx_kl
 
-
 def ppo_value_loss(values, old_values, returns, mask, clip: float):
     """0.5 max((V - R)^2, (V_clip - R)^2), V_clip within +-clip of the rollout's; (loss, clipfrac)."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
@@ -293,17 +269,14 @@ def ppo_value_loss(values, old_values, returns, mask, clip: float):
         clipfrac = ((((values - old_values).abs() > clip).float()) * mask).sum() / tokens
     return (per_token * mask).sum() / tokens, clipfrac
 
-
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
     """1 - Var(R - V) / Var(R): 1 is a perfect critic, 0 no better than a constant."""
     var = returns.var().item()
     return float("nan") if var == 0 else 1 - (returns - values).var().item() / var
 
-
 # ====== Stage 1: SFT ====================================================================================
 def fit(name: str, steps: int, step_loss, params: list, lr: float, lr_factor, writer, rows: list, **columns):
-    """`steps` AdamW steps on step_loss() -> (loss, {metric: value}) at lr * lr_factor(step), the gradient
-    norm clipped; the metrics go to `rows` (with `columns`) and to TensorBoard under `name`/."""
+    """AdamW on step_loss() -> (loss, metrics) at lr * lr_factor(step); metrics to `rows` and TensorBoard."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     bar = tqdm(range(1, steps + 1), desc=name, disable=None)
@@ -318,7 +291,6 @@ def fit(name: str, steps: int, step_loss, params: list, lr: float, lr_factor, wr
         for k, v in info.items():
             writer.add_scalar(f"{name}/{k}", v, step)
         bar.set_postfix({k: f"{v:.3f}" for k, v in info.items()})
-
 
 def train_sft(args: Args, run_dir: Path, log) -> dict:
     """LoRA SFT for one epoch; the loss covers the completion and its EOS, not the prompt."""
@@ -355,7 +327,6 @@ def train_sft(args: Args, run_dir: Path, log) -> dict:
     writer.close()
     return metrics
 
-
 # ====== Stage 2: the reward model =======================================================================
 def perturb_solution(problem: dict, rng: random.Random) -> str:
     """A rejected answer like the SFT model's slips: one line's result off by 1-10, a tens digit or 100, the
@@ -377,21 +348,16 @@ def perturb_solution(problem: dict, rng: random.Random) -> str:
         work[i] = f"{a} {op} {b} = {value}"
     return "\n".join(work + [f"#### {value}"])
 
-
 PAD, UNK, END, ANSWER = 0, 1, 2, 3  # the reward model's ids below 32; printable characters: their ASCII
 SEGMENT_CHARS = 160  # it reads the last 160 characters of the question and of the answer
 
-
 def reward_text(text: str) -> str:
-    """Every number's digits reversed, units first (47 + 38 = 85 reads 74 + 83 = 58): each result digit
-    after the digits it depends on (Lee et al. 2023, "Teaching arithmetic to small transformers")."""
+    """Digits units first (47 + 38 = 85 reads 74 + 83 = 58): each result digit after its inputs (Lee 2023)."""
     return re.sub(r"\d+", lambda m: m.group()[::-1], text.strip())[-SEGMENT_CHARS:]
 
-
 def encode_for_reward(questions: list[str | None], answers: list[str]) -> tuple[torch.Tensor, ...]:
-    """(ids, segments, positions, places, lengths), right-padded: question, ANSWER, answer, END. Positions
-    restart at ANSWER, so arithmetic learned on bare solutions sits where it will behind a question; places:
-    1 + a digit's place value (McLeish et al. 2024, "abacus" embeddings)."""
+    """(ids, segments, positions, places, lengths): question, ANSWER, answer, END. Positions restart at
+    ANSWER (arithmetic learned on bare answers sits where it will); places: 1 + digit place (McLeish 2024)."""
     rows = []
     for question, answer in zip(questions, answers):
         q, a = [[ord(c) if 32 <= ord(c) < 127 or c == "\n" else UNK for c in reward_text(text)]
@@ -405,10 +371,8 @@ def encode_for_reward(questions: list[str | None], answers: list[str]) -> tuple[
     columns = [torch.tensor([row[k] + [0] * (width - len(row[k])) for row in rows]) for k in range(4)]
     return (*columns, torch.tensor([len(row[0]) for row in rows]))
 
-
 def prefix_targets(chosen: str, rejected: str, segments: torch.Tensor) -> torch.Tensor:
-    """(2, L) per-character targets of a pair, NaN where none: 1 while the answer can still be right, then 0,
-    so the first wrong digit is labelled where it stands (token-level verifiers, Cobbe et al. 2021)."""
+    """(2, L) per-character targets, NaN where none: 1 while the answer can still be right (Cobbe 2021)."""
     right = len(os.path.commonprefix([reward_text(chosen), reward_text(rejected)]))
     targets = torch.full(segments.shape, float("nan"))
     for row, good in enumerate((None, right)):
@@ -416,10 +380,8 @@ def prefix_targets(chosen: str, rejected: str, segments: torch.Tensor) -> torch.
         targets[row, start:start + n] = 1.0 if good is None else (torch.arange(n) < good).float()
     return targets
 
-
 class RewardModel(nn.Module):
-    """r_phi(x, y): a small causal transformer over characters (~0.85M weights), a scalar head read at the
-    last real token (END) and a next-character head for its language-model loss."""
+    """r_phi(x, y): a causal character transformer (0.85M weights), its score read at END."""
 
     def __init__(self, dim: int = 128, layers: int = 4, heads: int = 4):
         super().__init__()
@@ -453,8 +415,7 @@ class RewardModel(nn.Module):
 
     @torch.no_grad()
     def standardize(self, questions: list[str], completions: list[str]) -> None:
-        """Rescales the head so these answers score mean 0, std 1 (as InstructGPT shifts its reward model),
-        the scale of the other reward parts. Pairwise accuracy is unchanged."""
+        """Rescales the head to score these answers mean 0, std 1 (InstructGPT); pairwise accuracy stays."""
         scores = self.score(questions, completions)
         self.head.weight /= scores.std()
         self.head.bias.copy_((self.head.bias - scores.mean()) / scores.std())
@@ -463,10 +424,8 @@ class RewardModel(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         torch.save({"config": self.config, "state_dict": self.state_dict()}, path / "reward_model.pt")
 
-
 def preference_pairs(problems: list[dict], sampled: list[list[str]], rng: random.Random) -> list[tuple]:
-    """(question, chosen, rejected, kind): rejected, each wrong SFT answer ("sampled") and a perturbed
-    solution ("perturbed"); chosen, one of the worked solution and the right SFT answers."""
+    """(question, chosen, rejected, kind): each wrong SFT answer ("sampled") and a "perturbed" solution."""
     pairs = []
     for p, samples in zip(problems, sampled):
         right = sorted({s.strip() for s in samples if extract_answer(s) == p["answer"]} | {p["solution"]})
@@ -474,7 +433,6 @@ def preference_pairs(problems: list[dict], sampled: list[list[str]], rng: random
         for rejected, kind in [(w, "sampled") for w in wrong] + [(perturb_solution(p, rng), "perturbed")]:
             pairs.append((p["question"], rng.choice(right), rejected, kind))
     return pairs
-
 
 def sample_pairs(sft_model, tokenizer, problems: list[dict], args: Args, rng: random.Random) -> list[tuple]:
     sampled = []
@@ -485,15 +443,12 @@ def sample_pairs(sft_model, tokenizer, problems: list[dict], args: Args, rng: ra
         sampled += [texts[j * RM_SAMPLES:(j + 1) * RM_SAMPLES] for j in range(len(batch))]
     return preference_pairs(problems, sampled, rng)
 
-
 def heldout_pairs(sft_model, tokenizer, args: Args) -> tuple[list[dict], list[tuple]]:
-    """The reward model's held-out problems (none of PPO's) and pairs, drawn first from seeds of their
-    own: every reward stage and `eval.py --stage reward` measure on the same pairs."""
+    """The reward model's held-out problems and pairs, from their own seed: the same in eval.py."""
     held = {p["question"] for p in heldout_problems(args.eval_size)}
     problems = [split_solution(p) for p in distinct_problems(RM_HELDOUT_SEED, RM_EVAL_PROBLEMS, held)]
     torch.manual_seed(RM_HELDOUT_SEED)
     return problems, sample_pairs(sft_model, tokenizer, problems, args, random.Random(RM_HELDOUT_SEED))
-
 
 @torch.no_grad()
 def pairwise_accuracy(rm: RewardModel, pairs) -> dict[str, float]:
@@ -502,7 +457,6 @@ def pairwise_accuracy(rm: RewardModel, pairs) -> dict[str, float]:
     right = rm.score(questions, chosen) > rm.score(questions, rejected)
     shares = {kind: right[[k == kind for k in kinds]] for kind in sorted(set(kinds))}
     return {kind: round(r.float().mean().item(), 4) for kind, r in {"all": right, **shares}.items()}
-
 
 def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dict:
     """r_phi in three phases (AdamW, 100 warm-up steps, cosine decay to 0). 1, arithmetic: next-character
@@ -576,12 +530,10 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
     return {"pairwise_accuracy": accuracy["all"], "pairwise_accuracy_by_kind": accuracy,
             "sampled_train_pairs": len(sampled_pairs), "eval_pairs": len(eval_pairs)}
 
-
 # ====== Stage 3: PPO. Each step: rollout, score, advantages, update ====================================
 def policy_forward(policy, value_head, batch: dict, temperature: float):
-    """One pass over prompt + completion -> (B, T) each: log-probs of the completion tokens under
-    softmax(logits / T), values V_t of the state before each (None without a value head), entropy. Where
-    batch["lower"] holds the frozen blocks' output, only the blocks above run (speed path, skip at first)."""
+    """(B, T) each: log-probs of the completion under softmax(logits / T), values V_t (None without a head),
+    entropy. With batch["lower"], only the adapted blocks run (the speed path: skip on a first reading)."""
     attention = torch.cat([batch["prompt_mask"], batch["mask"]], dim=1)  # (B, P + T), prompts left-padded
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
     with from_cached_lower_blocks(policy, batch.get("lower"), ids) as inputs:  # else {"input_ids": ids}
@@ -598,10 +550,8 @@ def policy_forward(policy, value_head, batch: dict, temperature: float):
         entropy[real] = -(logps.exp() * logps).sum(-1)
     return logp, value_head(states).squeeze(-1) if value_head is not None else None, entropy
 
-
 def rollout(model, tokenizer, problems: list[dict], args: Args) -> dict:
-    """1. One completion per prompt: prompt_ids, prompt_mask (B, P), completion_ids, mask (B, T), and
-    "lower", the frozen blocks' output recorded while sampling (speed path)."""
+    """1. A completion per prompt: prompt_ids, prompt_mask (B, P), completion_ids, mask (B, T), "lower"."""
     prompts = [build_prompt(tokenizer, p["question"]) for p in problems]
     with recording_lower_blocks(model) as pieces:  # records nothing when the adapter covers every block
         sampled = generate(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
@@ -609,7 +559,6 @@ def rollout(model, tokenizer, problems: list[dict], args: Args) -> dict:
     if pieces:
         batch["lower"] = join_pieces(pieces, batch["prompt_ids"].shape[1] + batch["mask"].shape[1])
     return batch
-
 
 def score(batch: dict, problems: list[dict], texts: list[str], tokenizer, reward_model, args: Args):
     """2. The sequence reward (B,) with the reward model's score, its parts (logged), the slip penalties."""
@@ -623,11 +572,9 @@ def score(batch: dict, problems: list[dict], texts: list[str], tokenizer, reward
                                                  args.w_slip)
     return reward, parts, penalties
 
-
 @torch.no_grad()
 def advantages(policy, value_head, batch: dict, reward, penalties, args: Args) -> torch.Tensor:
-    """3. Adds the rollout's log-probs, values, returns and whitened GAE advantages of the KL-shaped
-    rewards to the batch; returns the per-token KL to the reference (the policy, adapter disabled)."""
+    """3. Adds old log-probs, values, returns and whitened GAE advantages; returns the KL to the reference."""
     mask = batch["mask"].float()
     batch["old_logp"], batch["old_values"], _ = policy_forward(policy, value_head, batch, args.temperature)
     with getattr(policy, "module", policy).disable_adapter():
@@ -637,7 +584,6 @@ def advantages(policy, value_head, batch: dict, reward, penalties, args: Args) -
     gae, batch["returns"] = compute_gae(rewards, batch["old_values"], mask, GAMMA, LAM)
     batch["advantages"] = whiten(gae, mask)
     return kl
-
 
 def update(policy, value_head, optimizer, accelerator, batch: dict, args: Args) -> dict[str, float]:
     """4. args.ppo_epochs passes of the clipped losses over shuffled minibatches; their mean stats."""
@@ -661,7 +607,6 @@ def update(policy, value_head, optimizer, accelerator, batch: dict, args: Args) 
                                     grad_norm)):
                 stats[k].append(v.item())
     return {k: sum(v) / len(v) for k, v in stats.items()}
-
 
 def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, log) -> dict:
     """PPO from the SFT model with a KL-shaped reward. Saves <run_dir>/ppo/adapter with value_head.pt."""
@@ -736,7 +681,6 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
         writer.close()
     return {"final": evals[-1] if evals else {}, "evals": evals}
 
-
 # ------ The speed path (skip on a first reading) ------------------------------------------------------
 # 1. With the adapter on the top blocks only (--ppo-lora-layers), the frozen blocks below give the same
 # output in every pass of a rollout: it is recorded while sampling, and each later pass starts above it
@@ -745,11 +689,9 @@ def first_adapted_block(model) -> int:
     layers = getattr(model, "module", model).peft_config["default"].layers_to_transform  # None: all blocks
     return min(layers) if layers else 0
 
-
 @contextlib.contextmanager
 def recording_lower_blocks(model):
-    """Inside, each forward pass appends the hidden state entering the first adapted block to the yielded
-    list: sampling with a KV cache runs the prompt, then a token at a time."""
+    """Inside, each forward pass appends the hidden state entering the first adapted block to the list."""
     pieces, first = [], first_adapted_block(model)
     if not first:
         yield pieces
@@ -762,18 +704,15 @@ def recording_lower_blocks(model):
     finally:
         handle.remove()
 
-
 def join_pieces(pieces: list[torch.Tensor], length: int) -> torch.Tensor:
     """The pieces as one (B, length, H) tensor. The last sampled token was never fed back: zeros stand in
     for its state, which predicts nothing scored, and causal attention keeps it from every earlier one."""
     lower = torch.cat(pieces, dim=1)[:, :length]
     return F.pad(lower, (0, 0, 0, length - lower.shape[1]))
 
-
 @contextlib.contextmanager
 def from_cached_lower_blocks(policy, lower: torch.Tensor | None, ids: torch.Tensor):
-    """policy_forward's inputs: {"input_ids": ids} without a cache; with one, {"inputs_embeds": lower} while
-    the decoder holds the adapted blocks only, so `lower` enters the first of them."""
+    """{"input_ids": ids}, or {"inputs_embeds": lower} while the decoder holds the adapted blocks only."""
     if lower is None:
         yield {"input_ids": ids}
         return
@@ -785,10 +724,8 @@ def from_cached_lower_blocks(policy, lower: torch.Tensor | None, ids: torch.Tens
     finally:
         decoder.layers = blocks
 
-
 def hidden_by_length(rm: RewardModel, ids, segments, positions, places, lengths) -> torch.Tensor:
-    """rm.hidden, with the rows at most half as long as the longest as a narrower batch (recursively): a word
-    problem is 2-3 times as long as a one-line one. The same states on every real character; 0 beyond."""
+    """rm.hidden, rows at most half the longest as a narrower batch (recursively); 0 beyond each row."""
     short = lengths <= lengths.max() // 2
     if not short.any():
         return rm.hidden(ids, segments, positions, places)
@@ -799,7 +736,6 @@ def hidden_by_length(rm: RewardModel, ids, segments, positions, places, lengths)
                                          places[rows, :w], lengths[rows])
     return out
 
-
 # ====== The driver: --stage sft, reward, ppo or all ====================================================
 def train(args: Args) -> dict:
     """Runs the stage(s) into the run directory; returns (and writes) a summary of results and times."""
@@ -809,8 +745,7 @@ def train(args: Args) -> dict:
     log = print if main_process else (lambda *a, **k: None)
     if not args.out:
         log(f"writing the run to {run_dir} (pass --out to choose another directory)", file=sys.stderr)
-    sft_adapter = Path(args.sft_adapter or run_dir / "sft" / "adapter")
-    reward_dir = Path(args.reward_dir or run_dir / "reward" / "model")
+    sft_adapter, reward_dir = inputs(args, run_dir)
     summary = read_summary(run_dir / "summary.json")
     for stage in stages_to_run(args):
         t0 = time.time()
@@ -830,10 +765,8 @@ def train(args: Args) -> dict:
                 copy_to_shipped(stage, run_dir / stage / ("model" if stage == "reward" else "adapter"), log)
     return summary
 
-
 def main(argv=None) -> None:
     train(parse_args(argv))
-
 
 # ====== Plumbing: models, sampling, evaluation, outputs, the command line and its checks ===============
 def default_model_dir() -> Path:
@@ -856,7 +789,6 @@ def default_model_dir() -> Path:
     tokenizer.save_pretrained(MODEL_CACHE)
     return MODEL_CACHE
 
-
 @contextlib.contextmanager
 def one_line_errors(what: str, errors=(Exception,), with_type: bool = True):
     """Missing, corrupt or mismatched files: `error: cannot load <what>: ...`, one line, not a traceback."""
@@ -865,7 +797,6 @@ def one_line_errors(what: str, errors=(Exception,), with_type: bool = True):
     except errors as err:
         reason = (f"{type(err).__name__}: " if with_type else "") + (str(err).splitlines() or [""])[0]
         raise SystemExit(f"error: cannot load {what}: {reason}")
-
 
 def load_base(name: str):
     """(model, tokenizer) in fp32, eval mode (dropout off in every stage), pad token set, left padding."""
@@ -878,10 +809,8 @@ def load_base(name: str):
     tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
     return model.eval(), tokenizer
 
-
 def add_lora(model, args: Args, top_blocks: int = 0):
-    """LoRA on every linear layer of the top `top_blocks` decoder blocks (all for 0, or for a model that
-    does not keep them in model.model.layers as Llama-style ones do)."""
+    """LoRA on every linear layer of the top `top_blocks` decoder blocks (0, or not Llama-style: all)."""
     from peft import LoraConfig, get_peft_model
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     if not any(name.endswith(t) for name, _ in model.named_modules() for t in targets):
@@ -892,13 +821,11 @@ def add_lora(model, args: Args, top_blocks: int = 0):
                                             target_modules=targets,
                                             layers_to_transform=[*range(n - top_blocks, n)] if top else None))
 
-
 def merge_adapter(model, adapter_dir: str | Path):
     """Base + a saved LoRA adapter, merged into plain weights (the SFT model: PPO's start and reference)."""
     from peft import PeftModel
     with one_line_errors(f"the adapter {str(adapter_dir)!r}"):
         return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
-
 
 def load_reward_model(path: str | Path) -> RewardModel:
     with one_line_errors(f"the reward model in {str(path)!r}"):  # missing, corrupt or of another kind
@@ -906,7 +833,6 @@ def load_reward_model(path: str | Path) -> RewardModel:
         rm = RewardModel(**saved["config"])
         rm.load_state_dict(saved["state_dict"])
     return rm.eval().requires_grad_(False)
-
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 0.0):
@@ -919,17 +845,13 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperat
                          max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, **sampling)
     completion_ids = out[:, enc.input_ids.shape[1]:]
-    is_eos, length = completion_ids == tokenizer.eos_token_id, completion_ids.shape[1]
-    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(is_eos[:, 0], length,
-                                                                                   dtype=torch.long))
-    mask = (torch.arange(length)[None, :] <= first_eos[:, None]).long()
+    is_eos = (completion_ids == tokenizer.eos_token_id).long()
+    mask = (is_eos.cumsum(1) - is_eos == 0).long()  # no EOS before this token
     width = int(mask.sum(1).max())  # drop columns that are padding in every row
     return enc.input_ids, enc.attention_mask, completion_ids[:, :width], mask[:, :width]
 
-
 def decode(tokenizer, completion_ids, mask) -> list[str]:
     return [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(completion_ids, mask)]
-
 
 def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_size: int):
     """(greedy accuracy (the answer after '####' exact), format rate, mean length in tokens, n), answers."""
@@ -944,12 +866,10 @@ def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_
             "format_rate": sum(a is not None for a in answers) / len(problems),
             "mean_length": sum(lengths) / len(lengths), "n": len(problems)}, completions
 
-
 def summary_writer(path: Path):
     from torch.utils.tensorboard import SummaryWriter
     path.mkdir(parents=True, exist_ok=True)
     return SummaryWriter(path)
-
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as fh:  # rewritten whole each time: readable mid-run
@@ -957,11 +877,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writeheader()
         writer.writerows(rows)
 
-
 def save_adapter(model, path: Path) -> None:
     model.save_pretrained(path)
     (path / "README.md").unlink(missing_ok=True)  # peft's empty model card
-
 
 def plot_ppo(rows: list[dict], evals: list[dict], path: Path) -> None:
     import matplotlib
@@ -978,7 +896,6 @@ def plot_ppo(rows: list[dict], evals: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
 def copy_to_shipped(stage: str, source: Path, log) -> None:
     """--save-to: this run's files of the stage replace the shipped ones of the same names, nothing else."""
     target = SHIPPED[stage]
@@ -989,18 +906,15 @@ def copy_to_shipped(stage: str, source: Path, log) -> None:
     for name in SHIPPED_FILES[stage]:
         shutil.copy2(source / name, target / name)
 
-
 def str2bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
         return text.lower() in ("1", "true", "yes", "on")
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
-
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):  # `--help` shows each flag's default, but the empty and off ones
+    def _get_help_string(self, action):  # each flag's default in `--help`, but the empty and off ones
         quiet = action.default is None or action.default is False or action.default == ""
         return action.help if quiet else super()._get_help_string(action)
-
 
 class Parser(argparse.ArgumentParser):
     """argparse with the defaults in `--help`, and every error as one line `error: ...` (exit status 2)."""
@@ -1011,16 +925,8 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"error: {message}\n")
 
-
-POSITIVE = ("threads", "max_new_tokens", "batch_size", "eval_size", "lora_r", "lora_alpha", "sft_examples",
-            "sft_lr", "rm_problems", "rm_steps", "rm_lr", "ppo_steps", "rollout_size", "minibatch_size",
-            "ppo_epochs", "ppo_lr", "vf_lr", "temperature", "eval_every")
-NON_NEGATIVE = ("rm_arithmetic_steps", "rm_warmup_steps", "ppo_lora_layers", "kl_coef")
-
-
 def parse_args(argv=None) -> Args:
-    """argparse from the dataclass (a boolean is `--flag` or `--flag true|false`), then every check, before a
-    model loads: a bad flag costs a second, not a run. The first problem is the error."""
+    """Args from argv, and every check before a model loads: a bad flag costs a second, not a run."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         print("no flags: --stage all, the three stages one after the other (about 105 min on 2 CPU cores); "
@@ -1035,20 +941,25 @@ def parse_args(argv=None) -> Args:
         parser.error(problem)
     return args
 
-
 def stages_to_run(args: Args) -> tuple[str, ...]:
     return STAGES if args.stage == "all" else (args.stage,)
 
+def inputs(args: Args, run_dir: Path) -> tuple[Path, Path]:
+    """The SFT adapter and the reward model the later stages read: the flags', or the run's own."""
+    return (Path(args.sft_adapter or run_dir / "sft" / "adapter"),
+            Path(args.reward_dir or run_dir / "reward" / "model"))
+
+NON_NEGATIVE = ("rm_arithmetic_steps", "rm_warmup_steps", "ppo_lora_layers", "kl_coef")  # 0 turns it off
+ANY_SIGN = ("seed", "w_reward_model", "w_slip")  # every other number must be positive
 
 def flag_problems(args: Args):
     """Yields what is wrong with the flags, simplest first (a check may rely on those before it)."""
-    for name in POSITIVE + NON_NEGATIVE:
-        value, positive = getattr(args, name), name in POSITIVE
-        if not (value > 0 if positive else value >= 0):  # `not >` also catches nan
-            yield f"--{name.replace('_', '-')} must be {'positive' if positive else '0 or more'}, got {value}"
     for f in dataclasses.fields(Args):
-        if f.type is float and not math.isfinite(getattr(args, f.name)):
-            yield f"--{f.name.replace('_', '-')} must be a finite number, got {getattr(args, f.name)}"
+        flag, value, zero_ok = f"--{f.name.replace('_', '-')}", getattr(args, f.name), f.name in NON_NEGATIVE
+        if f.type in (int, float) and f.name not in ANY_SIGN and not (value >= 0 if zero_ok else value > 0):
+            yield f"{flag} must be {'0 or more' if zero_ok else 'positive'}, got {value}"  # also nan
+        elif f.type is float and not math.isfinite(value):
+            yield f"{flag} must be a finite number, got {value}"
     if args.stage not in (*STAGES, "all"):
         yield f"--stage must be sft, reward, ppo or all, got {args.stage!r}"
         return
@@ -1057,25 +968,21 @@ def flag_problems(args: Args):
     if problem := check_model(args.model):
         yield problem
     try:
-        run_dir = check_outputs(args)
+        sft_adapter, reward_dir = inputs(args, check_outputs(args))
     except ValueError as err:
         yield str(err)
         return
-    sft_adapter = Path(args.sft_adapter or run_dir / "sft" / "adapter")
-    needs_sft = args.stage in ("reward", "ppo") or args.sft_adapter  # --stage all trains its own
-    if needs_sft and not (sft_adapter / "adapter_config.json").is_file():
-        yield (f"--sft-adapter {sft_adapter}: no adapter there (adapter_config.json missing); run --stage "
-               "sft first, or pass --sft-adapter DIR (the shipped one: ppo_rlhf_math/sft_adapter)")
-    reward_dir = Path(args.reward_dir or run_dir / "reward" / "model")
-    needs_reward = args.w_reward_model and (args.stage == "ppo" or args.reward_dir)
-    if needs_reward and not (reward_dir / "reward_model.pt").is_file():
-        yield (f"--reward-dir {reward_dir}: no reward model there (reward_model.pt missing); run --stage "
-               "reward first, or pass --reward-dir DIR (the shipped one: ppo_rlhf_math/reward_model)")
+    for flag, path, file, what, stage, needed in (
+            ("--sft-adapter", sft_adapter, "adapter_config.json", "adapter", "sft",
+             args.stage in ("reward", "ppo") or args.sft_adapter),  # --stage all trains its own
+            ("--reward-dir", reward_dir, "reward_model.pt", "reward model", "reward",
+             args.w_reward_model and (args.stage == "ppo" or args.reward_dir))):
+        if needed and not (path / file).is_file():
+            yield (f"{flag} {path}: no {what} there ({file} missing); run --stage {stage} first, or pass "
+                   f"{flag} DIR (the shipped one: ppo_rlhf_math/{SHIPPED[stage].name})")
     for stage in stages_to_run(args) if args.save_to else ():
         if (SHIPPED[stage].exists() and not SHIPPED[stage].is_dir()) or not can_write_in(SHIPPED[stage]):
-            yield (f"--save-to: {SHIPPED[stage]}, where the shipped {stage} files go, is not a folder to "
-                   "write in")
-
+            yield f"--save-to: {SHIPPED[stage]}, where the shipped {stage} files go, is not a writable folder"
 
 def check_model(name: str) -> str | None:
     """A --model written as a path (not a hub id owner/name) must be a directory; the default, a package."""
@@ -1089,10 +996,8 @@ def check_model(name: str) -> str | None:
                     "--model DIR)")
     return None
 
-
 def can_write_in(path: Path) -> bool:
-    """Whether files can be made in the directory `path`, which may not exist yet: a probe directory must
-    be creatable (and is removed at once) in the nearest existing one of it and its parents."""
+    """Whether a probe directory can be made in `path` (or its nearest existing parent), then removed."""
     path = path.absolute()
     while not path.exists():
         path = path.parent
@@ -1101,7 +1006,6 @@ def can_write_in(path: Path) -> bool:
     except OSError:  # also when `path` is not a directory
         return False
     return True
-
 
 def read_summary(path: Path) -> dict | None:
     """<out>/summary.json as earlier stages wrote it ({stage: result}): {} if none, None if not one."""
@@ -1112,7 +1016,6 @@ def read_summary(path: Path) -> dict | None:
     except (OSError, ValueError):  # a directory, not UTF-8, not JSON
         return None
     return summary if isinstance(summary, dict) and set(summary) <= set(STAGES) else None
-
 
 def check_outputs(args: Args) -> Path:
     """The run directory, not made yet: --out, or the first of runs/ppo_rlhf_math_s<seed>, -2, -3, ... that
@@ -1137,8 +1040,6 @@ def check_outputs(args: Args) -> Path:
         if found == "cannot be created":
             raise ValueError(f"--out: the default run directory {run_dir} cannot be created; pass --out DIR")
         run_dir = base.with_name(f"{base.name}-{n}")
-
-
 def warn_if_single_process(accelerator) -> None:
     """`accelerate launch --num_processes 2 --cpu` silently starts ONE process (the CPU flag picks its
     single-process launcher): say so, reading the launcher's command line (Linux)."""
@@ -1150,7 +1051,6 @@ def warn_if_single_process(accelerator) -> None:
         print(f"warning: launched for {asked[0]} processes but running as one; for several CPU processes "
               "use `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`",
               file=sys.stderr)
-
 
 if __name__ == "__main__":
     main()
