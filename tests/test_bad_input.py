@@ -125,8 +125,8 @@ BAD_INPUT = [
     (GRPO_TRAIN, ["--save-to", f"{NOWHERE}/adapter"], "--save-to"),
     (GRPO_TRAIN, ["--micro-batch", "0"], "--micro-batch"),
     (GRPO_TRAIN, ["--warmup-examples", "-1"], "--warmup-examples"),
-    (GRPO_TRAIN, ["--lora-layers", "-1"], "--lora-layers"),
-    (GRPO_TRAIN, ["--slip-weight", "nan"], "--slip-weight"),
+    (GRPO_TRAIN, ["--beta", "nan"], "--beta"),
+    (GRPO_TRAIN, ["--epsilon-high", "-0.1"], "--epsilon-high"),
     (GRPO_TRAIN, ["--save-to", "{tmp}/notes.txt"], "--save-to"),
     (GRPO_TRAIN, ["--init-adapter", "{tmp}/full"], "--init-adapter"),
     # grpo_lm/eval.py

@@ -257,20 +257,3 @@ def test_unseen_problems_are_new_words_and_not_held_out():
     words = [p["question"] for p in unseen if not p["question"].startswith("What is")]
     assert words and all(any(n in q for n in ev.UNSEEN_NAMES) and not any(n + " " in q for n in train.NAMES)
                          for q in words)
-
-
-def test_first_slip_finds_the_first_wrong_result():
-    assert train.first_slip("47 + 38 = 85\n85 - 5 = 80\n#### 80") is None
-    assert train.first_slip("47 + 38 = 75\n75 - 5 = 70\n#### 70") == 10  # the 7 of 75; later lines carry it
-    assert train.first_slip("47 + 38 = 85\n#### 86") == 19  # the 6: the final answer is not the last result
-    assert train.first_slip("The answer is 12.\n#### 12") is None  # no work lines: nothing to check
-    assert train.slip_reward(["2 + 2 = 5\n#### 5", "2 + 2 = 4\n#### 4"]).tolist() == [1.0, 0.0]
-
-
-def test_lora_layers_adapt_the_top_blocks_only(tiny_dirs):
-    model = train.load_policy(train.parse_args(["--model", str(tiny_dirs / "lm"), "--lora-layers", "1"]))[0]
-    n_layers = model.config.num_hidden_layers
-    adapted = {int(name.split("layers.")[1].split(".")[0]) for name, p in model.named_parameters() if p.requires_grad}
-    assert adapted == {n_layers - 1}
-    with pytest.raises(SystemExit, match="--lora-layers"):
-        train.load_policy(train.parse_args(["--model", str(tiny_dirs / "lm"), "--lora-layers", str(n_layers + 1)]))
