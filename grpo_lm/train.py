@@ -319,6 +319,7 @@ def update(model, optimizer, accelerator, tokens, advantages, args: Args) -> dic
 def train(args: Args) -> Path:
     torch.set_num_threads(args.threads)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    warn_if_single_process(accelerator)
     seed, main_process = args.seed + accelerator.process_index, accelerator.is_main_process
     random.seed(seed)
     torch.manual_seed(seed)
@@ -624,6 +625,18 @@ class RunLogger:
         fig.tight_layout()
         fig.savefig(self.run_dir / "curves.png", dpi=110)
         plt.close(fig)
+
+def warn_if_single_process(accelerator) -> None:
+    """`accelerate launch --num_processes 2 --cpu` silently starts ONE process (the CPU flag picks its
+    single-process launcher): say so, reading the launcher's command line (Linux)."""
+    launcher = Path(f"/proc/{os.getppid()}/cmdline")
+    words = launcher.read_bytes().decode(errors="replace").split("\0") if launcher.is_file() else []
+    asked = [w.split("=")[-1] if "=" in w else next(iter(words[i + 1:i + 2]), "") for i, w in enumerate(words)
+             if w.startswith(("--num_processes", "--num-processes"))]
+    if accelerator.num_processes == 1 and any(a.isdecimal() and int(a) > 1 for a in asked):
+        print(f"warning: launched for {asked[0]} processes but running as one; for several CPU processes "
+              "use `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`",
+              file=sys.stderr)
 
 if __name__ == "__main__":
     main()
