@@ -32,8 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "ppo_rlhf_math"))
 import train as rlhf  # noqa: E402  (ppo_rlhf_math/train.py)
 
-ROLLOUT, MINIBATCH, EPOCHS, NEW_TOKENS, LORA_R, LORA_ALPHA, LR, KL_COEF = 16, 8, 2, 48, 8, 16, 2e-4, 0.05
-NO_EOS_PENALTY = rlhf.W_NO_EOS  # ours is a constant of train.py; TRL's side gets the same
+ROLLOUT, MINIBATCH, NEW_TOKENS, LR, KL_COEF = 16, 8, 48, 2e-4, 0.05
+# constants of our train.py; TRL's side gets the same
+NO_EOS_PENALTY, EPOCHS, LORA_R, LORA_ALPHA = rlhf.W_NO_EOS, rlhf.PPO_EPOCHS, rlhf.LORA_R, rlhf.LORA_ALPHA
 EVAL_SIZE = 1  # our held-out evaluation (before step 1 and after the last) runs on one problem, outside the timed steps
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -47,7 +48,7 @@ def rollout_problems(steps: int, seed: int) -> list[dict]:
 def throwaway_models(args: rlhf.Args, tmp: Path) -> tuple[Path, Path]:
     """An SFT adapter (a fresh LoRA, equal to the base model) and an untrained reward model, saved in tmp."""
     base, _ = rlhf.load_base("")
-    sft = rlhf.add_lora(base, args)
+    sft = rlhf.add_lora(base)
     sft.save_pretrained(tmp / "sft")
     rlhf.RewardModel().save(tmp / "reward")
     return tmp / "sft", tmp / "reward"
@@ -58,9 +59,9 @@ def run_ours(steps: int, seed: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         args = rlhf.parse_args(["--stage", "ppo", "--seed", str(seed), "--threads", str(threads), "--ppo-steps", str(steps),
-                                "--rollout-size", str(ROLLOUT), "--minibatch-size", str(MINIBATCH), "--ppo-epochs", str(EPOCHS),
-                                "--max-new-tokens", str(NEW_TOKENS), "--temperature", "1.0", "--lora-r", str(LORA_R),
-                                "--lora-alpha", str(LORA_ALPHA), "--ppo-lr", str(LR), "--kl-coef", str(KL_COEF),
+                                "--rollout-size", str(ROLLOUT), "--minibatch-size", str(MINIBATCH),
+                                "--max-new-tokens", str(NEW_TOKENS), "--temperature", "1.0",
+                                "--ppo-lr", str(LR), "--kl-coef", str(KL_COEF),
                                 "--eval-size", str(EVAL_SIZE), "--eval-every", str(10 ** 6),
                                 "--ppo-lora-layers", "0",  # every block adapted, as on TRL's side
                                 # the shipped files only pass the flag checks: train_ppo gets throwaway ones

@@ -24,7 +24,7 @@ the share of the chosen answers' result digits (after '= ') that its next-charac
 import json
 import re
 import sys
-from argparse import Namespace
+from argparse import ArgumentDefaultsHelpFormatter, Namespace
 from collections import Counter
 from pathlib import Path
 
@@ -33,8 +33,7 @@ from tqdm import tqdm
 
 from train import (SHIPPED, Args, Parser, build_prompt, check_model, decode, distinct_problems,
                    encode_for_reward, evaluate, extract_answer, generate, heldout_pairs, heldout_problems,
-                   load_base, load_reward_model, merge_adapter, one_line_errors, pairwise_accuracy,
-                   reward_text)
+                   load_base, load_reward_model, merge_adapter, one_line_errors, reward_text)
 
 # --unseen: word problems with names and items that no stage trains on (train.NAMES and train.ITEMS are the
 # trained ones), drawn from their own seed. A one-line question ('What is 47 + 38?') has nothing to rename,
@@ -47,10 +46,16 @@ UNSEEN_ITEMS = ["feathers", "balloons", "muffins", "buttons", "crayons", "beads"
 UNSEEN_SEED = 4242
 
 
+class HelpFormatter(ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # each flag's default in `--help`, but the empty and off ones
+        quiet = action.default is None or action.default is False or action.default == ""
+        return action.help if quiet else super()._get_help_string(action)
+
+
 def parse_args(argv=None) -> Namespace:
     """The flags, each checked before any model loads (one line `error: ...` naming the flag)."""
-    parser = Parser("Greedy evaluation of the base, SFT or PPO model on arithmetic problems, or the reward "
-                    "model's held-out pairwise accuracy.")
+    parser = Parser(description="Greedy evaluation of the base, SFT or PPO model on arithmetic problems, or "
+                    "the reward model's held-out pairwise accuracy.", formatter_class=HelpFormatter)
     parser.add_argument("--stage", choices=["base", "sft", "ppo", "reward"], default="ppo",
                         help="which model")
     parser.add_argument("--model", default="", help="base model: hub id or local dir (default: "
@@ -162,8 +167,11 @@ def result_digit_accuracy(rm, answers: list[str]) -> float:
 def evaluate_reward_model(args: Namespace, sft_model, tokenizer) -> None:
     reward_model = load_reward_model(args.reward_dir)
     _, pairs = heldout_pairs(sft_model, tokenizer, Args(max_new_tokens=args.max_new_tokens))
-    accuracy = pairwise_accuracy(reward_model, pairs)
-    digits = result_digit_accuracy(reward_model, sorted({chosen for _, chosen, _, _ in pairs}))
+    questions, chosen, rejected, kinds = map(list, zip(*pairs))
+    right = reward_model.score(questions, chosen) > reward_model.score(questions, rejected)
+    accuracy = {kind: round(right[[kind in ("all", k) for k in kinds]].float().mean().item(), 4)
+                for kind in ["all", *sorted(set(kinds))]}  # all pairs, and by kind of rejected answer
+    digits = result_digit_accuracy(reward_model, sorted(set(chosen)))
     print(f"reward model: pairwise accuracy {accuracy['all']:.3f} on {len(pairs)} held-out pairs "
           f"({', '.join(f'{k} {v:.3f}' for k, v in accuracy.items() if k != 'all')}); "
           f"result digits of the chosen answers predicted {digits:.3f}", file=sys.stderr)

