@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "grpo_lm"))
 import train as grpo  # noqa: E402  (grpo_lm/train.py)
 
-PROMPTS, G, NEW_TOKENS, LORA_R, LORA_ALPHA, LR = 4, 8, 64, 4, 8, 3e-4
+PROMPTS, G, NEW_TOKENS, LORA_R, LORA_ALPHA, LR = 4, 8, 64, 4, 8, 3e-4  # our train.py: alpha = 2 r
 
 
 def problems_in_order(steps: int, seed: int) -> list[dict]:
@@ -35,7 +35,7 @@ def run_ours(steps: int, seed: int, threads: int) -> dict:
         args = grpo.parse_args(["--steps", str(steps), "--seed", str(seed), "--threads", str(threads),
                                 "--prompts-per-step", str(PROMPTS), "--num-generations", str(G),
                                 "--max-completion-length", str(NEW_TOKENS), "--lora-r", str(LORA_R),
-                                "--lora-alpha", str(LORA_ALPHA), "--learning-rate", str(LR), "--loss-type", "dapo",
+                                "--learning-rate", str(LR), "--loss-type", "dapo",
                                 "--filter-groups", "false", "--warmup-examples", "0", "--eval-size", "1",
                                 "--eval-every", str(10 ** 6), "--out", f"{tmp}/run"])
         grpo.train(args)

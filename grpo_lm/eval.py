@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from train import (HELDOUT_SEED, SHIPPED_ADAPTER, build_prompt, check_model, check_problems,
-                   correctness_reward, decode, evaluate, extract_answer, generate, heldout_problems,
-                   load_base, load_problems, merge_adapter)
+from train import (HELDOUT_SEED, build_prompt, check_model, correctness_reward, decode, evaluate,
+                   extract_answer, generate, heldout_problems, load_base, load_problems, merge_adapter)
 
+SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapter"  # what this script evaluates by default
 
 # --unseen: ppo_rlhf_math/eval.py's problems, question for question: word problems whose names and items
 # no training run uses (held-out set excluded); one-line sums and products are too few to keep unseen.
@@ -103,9 +103,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--samples, --pass-at and --unseen must be 0 or more")
     if args.unseen and args.problems:
         parser.error("--unseen draws its own problems; it does not combine with --problems")
-    for problem in (check_model(args.model), check_problems(args.problems)):
-        if problem:
-            parser.error(problem)
+    if check_model(args.model):
+        parser.error(check_model(args.model))
+    if args.problems:
+        load_problems(args.problems)  # a file that is not problems exits here, in one line
     if not args.no_adapter and not (Path(args.adapter) / "adapter_config.json").is_file():
         parser.error(f"--adapter {args.adapter!r}: no adapter there (adapter_config.json missing); "
                      "pass --adapter DIR or --no-adapter")

