@@ -732,12 +732,12 @@ def hidden_by_length(rm: RewardModel, ids, segments, positions, places, lengths)
 def train(args: Args) -> dict:
     """Runs the stage(s) into the run directory; returns (and writes) a summary of results and times."""
     torch.set_num_threads(args.threads)
-    run_dir, summary = check_outputs(args), {}  # again: train() may run without parse_args
+    run_dir, sft_adapter, reward_dir = run_paths(args)  # again: train() may run without parse_args
     main_process = int(os.environ.get("RANK", 0)) == 0
     log = print if main_process else (lambda *a, **k: None)
     if not args.out:
         log(f"writing the run to {run_dir} (pass --out to choose another directory)", file=sys.stderr)
-    sft_adapter, reward_dir = inputs(args, run_dir)
+    summary = {}
     for stage in stages_to_run(args):
         t0 = time.time()
         random.seed(args.seed)  # each stage starts from the seed: one by one they give --stage all's result
@@ -900,11 +900,6 @@ def parse_args(argv=None) -> Args:
 def stages_to_run(args: Args) -> tuple[str, ...]:
     return STAGES if args.stage == "all" else (args.stage,)
 
-def inputs(args: Args, run_dir: Path) -> tuple[Path, Path]:
-    """The SFT adapter and the reward model the later stages read: the flags', or the run's own."""
-    return (Path(args.sft_adapter or run_dir / "sft" / "adapter"),
-            Path(args.reward_dir or run_dir / "reward" / "model"))
-
 NON_NEGATIVE = ("rm_arithmetic_steps", "rm_warmup_steps", "ppo_lora_layers", "kl_coef")  # 0 turns it off
 ANY_SIGN = ("seed", "w_reward_model", "w_slip")  # every other number must be positive
 
@@ -924,7 +919,7 @@ def flag_problems(args: Args):
     if problem := check_model(args.model):
         yield problem
     try:
-        sft_adapter, reward_dir = inputs(args, check_outputs(args))
+        _, sft_adapter, reward_dir = run_paths(args)
     except ValueError as err:
         yield str(err)
         return
@@ -949,9 +944,10 @@ def check_model(name: str) -> str | None:
                     "--model DIR)")
     return None
 
-def check_outputs(args: Args) -> Path:
-    """The run directory, --out or runs/ppo_rlhf_math_s<seed>, not made yet; a ValueError unless each stage
-    to run gets a new or empty <run>/<stage>, the only place it writes: nothing else is ever overwritten."""
+def run_paths(args: Args) -> tuple[Path, Path, Path]:
+    """The run directory (--out, or runs/ppo_rlhf_math_s<seed>; not made yet), and the SFT adapter and reward
+    model the later stages read (the flags', or the run's own). A ValueError unless each stage to run gets a
+    new or empty <run>/<stage>, the only place it writes: nothing is ever overwritten."""
     run_dir = Path(args.out or f"runs/ppo_rlhf_math_s{args.seed}")
     taken = [path for path in (run_dir / stage for stage in stages_to_run(args))
              if path.exists() and (not path.is_dir() or any(path.iterdir()))]
@@ -962,7 +958,8 @@ def check_outputs(args: Args) -> Path:
     elif not can_write_in(run_dir):
         problem = "cannot be created"
     else:
-        return run_dir
+        return (run_dir, Path(args.sft_adapter or run_dir / "sft" / "adapter"),
+                Path(args.reward_dir or run_dir / "reward" / "model"))
     raise ValueError(f"--out {run_dir} {problem}; pass another --out")
 
 def can_write_in(path: Path) -> bool:

@@ -316,11 +316,13 @@ def test_default_run_dir_is_one_per_seed_and_never_overwritten(tmp_path, monkeyp
     (tmp_path / "runs" / "ppo_rlhf_math_s1" / "sft" / "metrics.csv").write_text("step,loss\n")
     (tmp_path / "runs" / "ppo_rlhf_math_s1" / "reward").mkdir()  # empty: free
     for stage in ("reward", "ppo"):
-        assert str(train.check_outputs(train.Args(stage=stage))) == "runs/ppo_rlhf_math_s1"
+        run_dir, sft_adapter, reward_dir = train.run_paths(train.Args(stage=stage))
+        assert (str(run_dir), str(sft_adapter), str(reward_dir)) == (
+            "runs/ppo_rlhf_math_s1", "runs/ppo_rlhf_math_s1/sft/adapter", "runs/ppo_rlhf_math_s1/reward/model")
     for stage in ("sft", "all"):
         with pytest.raises(ValueError, match=r"^--out runs/ppo_rlhf_math_s1 already holds a sft stage .*; pass another --out$"):
-            train.check_outputs(train.Args(stage=stage))
-    assert str(train.check_outputs(train.Args(stage="sft", seed=2))) == "runs/ppo_rlhf_math_s2"
+            train.run_paths(train.Args(stage=stage))
+    assert str(train.run_paths(train.Args(stage="sft", seed=2))[0]) == "runs/ppo_rlhf_math_s2"
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ppo_rlhf_math_s1"]  # checks make nothing
 
 
