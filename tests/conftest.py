@@ -74,16 +74,13 @@ def tiny_llama_config(tokenizer) -> dict:
 
 
 def save_tiny_models(root: Path) -> None:
-    """A tiny random causal LM in root/lm and a tiny random sequence classifier (one score) in root/rm, on the
-    tiny tokenizer: the stand-ins for SmolLM2 and for a reward model of grpo_lm's --reward-model."""
+    """A tiny random causal LM in root/lm on the tiny tokenizer: the stand-in for SmolLM2."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+    from transformers import LlamaConfig, LlamaForCausalLM
     tokenizer = save_tiny_tokenizer(root / "lm")
-    save_tiny_tokenizer(root / "rm")
     config = tiny_llama_config(tokenizer)
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(**config)).save_pretrained(root / "lm")
-    LlamaForSequenceClassification(LlamaConfig(**config, num_labels=1)).save_pretrained(root / "rm")
 
 
 @pytest.fixture

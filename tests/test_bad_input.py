@@ -142,7 +142,6 @@ BAD_INPUT = [
     (RLHF_TRAIN, ["--out", "{tmp}/notes.txt"], "--out"),
     (RLHF_TRAIN, ["--stage", "ppo", "--out", "{tmp}/lm_run", "--sft-adapter", "{tmp}/adapter",
                   "--reward-dir", "{tmp}/reward"], "--out"),  # its ppo stage is taken
-    (RLHF_TRAIN, ["--out", "{tmp}/lm_summary"], "--out"),  # a summary.json of something else
     (RLHF_TRAIN, ["--stage", "ppo", "--out", "{tmp}/new"], "--sft-adapter"),  # no SFT stage in --out
     (RLHF_TRAIN, ["--stage", "reward", "--sft-adapter", "{tmp}/full"], "--sft-adapter"),
     (RLHF_TRAIN, ["--stage", "ppo", "--sft-adapter", "{tmp}/adapter", "--reward-dir", "{tmp}/full"],
@@ -152,7 +151,6 @@ BAD_INPUT = [
     (RLHF_TRAIN, ["--kl-coef", "-0.1"], "--kl-coef"),
     (RLHF_TRAIN, ["--w-slip", "nan"], "--w-slip"),
     (RLHF_TRAIN, ["--model", "/no/such/dir"], "--model"),
-    (RLHF_TRAIN, ["--save-to", "maybe"], "--save-to"),
     # ppo_rlhf_math/eval.py
     (RLHF_EVAL, ["--problems", "{tmp}/binary.jsonl"], "--problems"),
     (RLHF_EVAL, ["--problems", "{tmp}/words.jsonl"], "--problems"),
@@ -187,8 +185,6 @@ def unrelated_files(tmp: Path) -> None:
     (tmp / "words.jsonl").write_text('{"question": "What is 1 + 1?", "answer": "two"}\n')
     (tmp / "lm_run" / "ppo").mkdir(parents=True)  # a run whose ppo stage is taken
     (tmp / "lm_run" / "ppo" / "notes.txt").write_text("an unrelated file\n")
-    (tmp / "lm_summary").mkdir()
-    (tmp / "lm_summary" / "summary.json").write_text('{"not": "a summary of ppo_rlhf_math"}\n')
     (tmp / "adapter").mkdir()  # stands in for an adapter: only its config is looked at before a model loads
     (tmp / "adapter" / "adapter_config.json").write_text("{}\n")
     (tmp / "reward").mkdir()

@@ -54,13 +54,13 @@ pytestmark = pytest.mark.skipif(not ACCELERATE.is_file(), reason="no accelerate 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny random LM and sequence classifier (grpo_lm's --reward-model), an SFT adapter of the LM and a
-    character reward model (ppo_rlhf_math's PPO stage reads both), and the sitecustomize module."""
+    """A tiny random LM, an SFT adapter of it and a character reward model (ppo_rlhf_math's PPO stage reads
+    both), and the sitecustomize module."""
     root = tmp_path_factory.mktemp("multiprocess")
     save_tiny_models(root)
     rlhf = load_script("ppo_rlhf_math")
     base, _ = rlhf.load_base(str(root / "lm"))
-    rlhf.save_adapter(rlhf.add_lora(base, rlhf.Args()), root / "sft")
+    rlhf.save_adapter(rlhf.add_lora(base), root / "sft")
     rlhf.RewardModel(dim=16, layers=1).save(root / "reward")
     (root / "site").mkdir()
     (root / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
@@ -104,14 +104,15 @@ def test_readme_gives_the_command_these_tests_run():
 
 def test_grpo_two_processes(tiny, tmp_path):
     run_dir = tmp_path / "run"
+    # the warm-up moves the adapter away from the base, so the KL to the base has a gradient
     result = launch(tiny, "grpo_lm/train.py", [
-        "--model", str(tiny / "lm"), "--reward-model", str(tiny / "rm"), "--steps", "1", "--prompts-per-step", "2",
-        "--num-generations", "2", "--max-completion-length", "4", "--warmup-examples", "0", "--eval-size", "2",
-        "--out", str(run_dir)], cwd=tmp_path)
+        "--model", str(tiny / "lm"), "--beta", "0.1", "--steps", "1", "--prompts-per-step", "2",
+        "--num-generations", "2", "--max-completion-length", "48", "--warmup-examples", "8",
+        "--eval-size", "2", "--out", str(run_dir)], cwd=tmp_path)
     digests = ranks(result.stderr)
     assert sorted(digests) == [0, 1] and digests[0] == digests[1], result.stderr
     rows = one_writer(run_dir)
-    assert len(rows) == 1 and math.isfinite(float(rows[0]["entropy"])) and float(rows[0]["reward_std"]) > 0
+    assert len(rows) == 1 and math.isfinite(float(rows[0]["entropy"])) and float(rows[0]["kl"]) > 0
     assert lora_b_moved(run_dir / "adapter") and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
