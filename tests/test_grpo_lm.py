@@ -16,7 +16,8 @@ FOLDER = REPO / "grpo_lm"
 
 
 def run(script, *flags):
-    return subprocess.run([sys.executable, str(FOLDER / script), *flags], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, str(FOLDER / script), *flags],
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +38,9 @@ def stand_in_format_reward(completions: list[str]) -> torch.Tensor:
 def tiny_run(tiny_dirs):
     """Warm-up + one GRPO step with the stand-in format reward (groups with reward spread), --beta, mu = 2."""
     args = train.parse_args(["--model", str(tiny_dirs / "lm"), "--steps", "1", "--prompts-per-step", "2",
-                             "--num-generations", "4", "--max-completion-length", "8", "--warmup-examples", "4",
-                             "--eval-size", "4", "--beta", "0.1", "--num-iterations", "2",
-                             "--out", str(tiny_dirs / "run")])
+                             "--num-generations", "4", "--max-completion-length", "8",
+                             "--warmup-examples", "4", "--eval-size", "4", "--beta", "0.1",
+                             "--num-iterations", "2", "--out", str(tiny_dirs / "run")])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train, "format_reward", stand_in_format_reward)
         return train.train(args)
@@ -58,7 +59,8 @@ def test_group_advantages_unbiased_std_and_equal_rewards():
     expected = torch.tensor([0.75, -0.25, -0.25, -0.25]) / (0.5 + 1e-4)
     assert torch.allclose(adv[0], expected)
     assert torch.equal(adv[1], torch.zeros(4))  # equal rewards: no signal
-    assert torch.allclose(train.group_advantages(rewards, scale_by_std=False)[0], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    assert torch.allclose(train.group_advantages(rewards, scale_by_std=False)[0],
+                          torch.tensor([0.75, -0.25, -0.25, -0.25]))
 
 
 def test_kl_k3_nonnegative_and_zero_at_equality():
@@ -77,13 +79,16 @@ def test_token_logprobs_use_the_temperature():
 
 
 def test_grpo_loss_by_hand():
-    # row 0: A = +1, ratios 1.5 (clipped at 1 + 0.28), 1.0, 1.1; row 1: A = -1, ratios 0.5 (clipped at 0.8), 1.2, padding
+    # row 0: A = +1, ratios 1.5 (clipped at 1 + 0.28), 1.0, 1.1;
+    # row 1: A = -1, ratios 0.5 (clipped at 0.8), 1.2, padding
     ratios = torch.tensor([[1.5, 1.0, 1.1], [0.5, 1.2, 9.0]])
     old = torch.zeros(2, 3)
     logp = ratios.log().requires_grad_()
     adv, mask = torch.tensor([1.0, -1.0]), torch.tensor([[1, 1, 1], [1, 1, 0]])
     per_token = torch.tensor([[-1.28, -1.0, -1.1], [0.8, 1.2, 0.0]])
-    cases = {"grpo": (per_token[0].mean() + per_token[1, :2].mean()) / 2, "dapo": per_token.sum() / 5, "dr_grpo": per_token.sum() / (2 * 4)}
+    cases = {"grpo": (per_token[0].mean() + per_token[1, :2].mean()) / 2,
+             "dapo": per_token.sum() / 5,
+             "dr_grpo": per_token.sum() / (2 * 4)}
     for loss_type, expected in cases.items():
         loss, stats = train.grpo_loss(logp, old, adv, mask, 0.2, 0.28, loss_type, max_completion_length=4)
         assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
@@ -92,7 +97,8 @@ def test_grpo_loss_by_hand():
     assert logp.grad[0, 0] == 0 and logp.grad[1, 0] == 0 and logp.grad[1, 2] == 0  # clipped and padded tokens
     assert logp.grad[0, 1] < 0 and logp.grad[1, 1] > 0  # raise the good answer's tokens, lower the bad one's
     # the KL term adds beta * k3 on unmasked tokens
-    kl_loss, stats = train.grpo_loss(logp.detach(), old, torch.zeros(2), mask, 0.2, 0.28, "dapo", 4, ref_logp=old, beta=0.5)
+    kl_loss, stats = train.grpo_loss(logp.detach(), old, torch.zeros(2), mask, 0.2, 0.28, "dapo", 4,
+                                     ref_logp=old, beta=0.5)
     k3 = train.kl_k3(logp.detach(), old)
     assert kl_loss.item() == pytest.approx(0.5 * (k3 * mask).sum().item() / 5, abs=1e-5)
 
@@ -107,7 +113,8 @@ def test_completion_mask_keeps_eos_when_pad_is_eos():
 def test_task_rewards_and_heldout_set():
     assert train.extract_answer("12 + 5 = 17\n#### 17") == "17"
     assert train.extract_answer("#### 17\nThe answer is 17.") is None  # the answer must end the completion
-    assert train.correctness_reward(["so #### 1,024", "#### 7", "7"], ["1024", "8", "7"]).tolist() == [1.0, 0.0, 0.0]
+    assert train.correctness_reward(["so #### 1,024", "#### 7", "7"],
+                                    ["1024", "8", "7"]).tolist() == [1.0, 0.0, 0.0]
     assert train.format_reward(["#### -3", "-3"]).tolist() == [1.0, 0.0]
     first, again = train.heldout_problems(50), train.heldout_problems(50)
     assert first == again and len({p["question"] for p in first}) == 50
@@ -124,16 +131,18 @@ def test_training_step_changes_the_adapter(tiny_run):
     assert lora_b and any(w.abs().sum() > 0 for w in lora_b)  # LoRA B starts at zero
     rows = list(csv.DictReader(open(tiny_run / "metrics.csv")))
     assert len(rows) == 1 and math.isfinite(float(rows[0]["loss"])) and float(rows[0]["kl"]) >= 0
-    assert float(rows[0]["reward_std"]) > 0 and float(rows[0]["zero_std_frac"]) < 1  # the update had advantages
+    # the update had advantages
+    assert float(rows[0]["reward_std"]) > 0 and float(rows[0]["zero_std_frac"]) < 1
     assert list(rows[0])[:5] == ["step", "reward_mean", "reward_std", "reward_correct", "reward_format"]
     assert (tiny_run / "curves.png").is_file() and list(tiny_run.glob("events.out.tfevents.*"))
 
 
 def test_eval_json_with_a_trained_adapter(tiny_dirs, tiny_run, tmp_path):
     problems = tmp_path / "p.jsonl"
-    problems.write_text('{"question": "What is 2 + 2?", "answer": "4"}\n{"question": "What is 3 + 3?", "answer": 6}\n')
-    result = run("eval.py", "--model", str(tiny_dirs / "lm"), "--adapter", str(tiny_run / "adapter"), "--problems", str(problems),
-                 "--max-new-tokens", "6", "--json")
+    problems.write_text('{"question": "What is 2 + 2?", "answer": "4"}\n'
+                        '{"question": "What is 3 + 3?", "answer": 6}\n')
+    result = run("eval.py", "--model", str(tiny_dirs / "lm"), "--adapter", str(tiny_run / "adapter"),
+                 "--problems", str(problems), "--max-new-tokens", "6", "--json")
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["n"] == 2 and 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["format_rate"] <= 1
@@ -141,14 +150,17 @@ def test_eval_json_with_a_trained_adapter(tiny_dirs, tiny_run, tmp_path):
 
 def test_bad_model_path_gives_one_clear_error(tmp_path):
     for script in ("train.py", "eval.py"):
-        result = run(script, "--model", str(tmp_path / "nope"), "--no-adapter" if script == "eval.py" else "--steps=1",
+        result = run(script, "--model", str(tmp_path / "nope"),
+                     "--no-adapter" if script == "eval.py" else "--steps=1",
                      *(["--out", str(tmp_path / "run")] if script == "train.py" else []))
         lines = result.stderr.strip().splitlines()
         assert result.returncode != 0 and "Traceback" not in result.stderr
-        assert "--model" in lines[-1] and "no such directory" in lines[-1] and len([l for l in lines if "error" in l]) == 1
+        assert ("--model" in lines[-1] and "no such directory" in lines[-1]
+                and len([l for l in lines if "error" in l]) == 1)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("peft") is None or not (FOLDER / "adapter" / "adapter_config.json").is_file(),
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None
+                    or not (FOLDER / "adapter" / "adapter_config.json").is_file(),
                     reason="no shipped adapter")
 def test_shipped_adapter_passes_a_quick_threshold():
     try:
@@ -173,7 +185,8 @@ def test_token_logprobs_equal_log_softmax_gather_values_and_gradients():
     (grad_fast,) = torch.autograd.grad((fast * weights).sum(), logits)
     assert torch.allclose(grad_fast, grad_plain, atol=1e-6)
     logp = torch.log_softmax(logits.detach() / 0.8, -1)
-    assert torch.allclose(train.token_entropy(logits.detach(), 0.8, rows=2), -(logp.exp() * logp).sum(-1), atol=1e-6)
+    assert torch.allclose(train.token_entropy(logits.detach(), 0.8, rows=2), -(logp.exp() * logp).sum(-1),
+                          atol=1e-6)
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
@@ -186,7 +199,8 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_dirs, loss_type):
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.1)
     torch.manual_seed(1)
-    prompt_ids, prompt_mask, ids, mask = train.generate(model, tokenizer, ["ab", "abc", "a"] * 2, 6, temperature=1.0)
+    prompt_ids, prompt_mask, ids, mask = train.generate(model, tokenizer, ["ab", "abc", "a"] * 2, 6,
+                                                        temperature=1.0)
     tokens, adv = (prompt_ids, prompt_mask, ids, mask), torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0])
     grads = []
     for micro in (6, 2):
@@ -209,7 +223,8 @@ def test_init_adapter_is_merged_and_is_the_reference(tiny_dirs, tiny_run):
     start = tiny_run / "adapter"
     args = train.parse_args(["--model", str(tiny_dirs / "lm"), "--init-adapter", str(start), "--beta", "0.1"])
     policy, tokenizer = train.load_policy(args)
-    merged = PeftModel.from_pretrained(train.load_base(str(tiny_dirs / "lm"))[0], str(start)).merge_and_unload()
+    merged = PeftModel.from_pretrained(train.load_base(str(tiny_dirs / "lm"))[0],
+                                       str(start)).merge_and_unload()
     ids = tokenizer(["What is 1 + 1?"], return_tensors="pt").input_ids
     with torch.no_grad(), policy.disable_adapter():  # the reference update() uses for --beta
         assert torch.allclose(policy(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)
@@ -219,9 +234,11 @@ def test_init_adapter_is_merged_and_is_the_reference(tiny_dirs, tiny_run):
 def test_init_adapter_run_records_its_start_for_eval(tiny_dirs, tiny_run, tmp_path):
     args = train.parse_args(["--model", str(tiny_dirs / "lm"), "--init-adapter", str(tiny_run / "adapter"),
                              "--steps", "1", "--prompts-per-step", "2", "--num-generations", "2",
-                             "--max-completion-length", "4", "--eval-size", "2", "--out", str(tmp_path / "run")])
+                             "--max-completion-length", "4", "--eval-size", "2",
+                             "--out", str(tmp_path / "run")])
     run_dir = train.train(args)
-    assert json.loads((run_dir / "adapter" / "start.json").read_text())["init_adapter"] == str(tiny_run / "adapter")
+    assert (json.loads((run_dir / "adapter" / "start.json").read_text())["init_adapter"]
+            == str(tiny_run / "adapter"))
     ev = load_script("grpo_lm", "eval")
     eval_args = ev.parse_args(["--model", str(tiny_dirs / "lm"), "--adapter", str(run_dir / "adapter")])
     assert eval_args.init_adapter == str(tiny_run / "adapter")
@@ -233,9 +250,10 @@ def test_pass_at_k_estimator_and_eval_flag(tiny_dirs, tiny_run, tmp_path):
     assert ev.pass_at_k(4, 1, 1) == pytest.approx(0.25) and ev.pass_at_k(4, 1, 2) == pytest.approx(0.5)
     assert ev.majority_correct(["3", "4", "4", None], "4") and not ev.majority_correct([None, None], "4")
     problems = tmp_path / "p.jsonl"
-    problems.write_text('{"question": "What is 2 + 2?", "answer": "4"}\n{"question": "What is 3 + 3?", "answer": 6}\n')
-    result = run("eval.py", "--model", str(tiny_dirs / "lm"), "--adapter", str(tiny_run / "adapter"), "--problems",
-                 str(problems), "--max-new-tokens", "4", "--pass-at", "3", "--json")
+    problems.write_text('{"question": "What is 2 + 2?", "answer": "4"}\n'
+                        '{"question": "What is 3 + 3?", "answer": 6}\n')
+    result = run("eval.py", "--model", str(tiny_dirs / "lm"), "--adapter", str(tiny_run / "adapter"),
+                 "--problems", str(problems), "--max-new-tokens", "4", "--pass-at", "3", "--json")
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert list(metrics["pass_at"]) == ["1", "2", "3"] and metrics["n"] == 2
@@ -247,7 +265,8 @@ def test_save_to_never_deletes_unrelated_files(tiny_dirs, tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
-    result = run("train.py", "--model", str(tiny_dirs / "lm"), "--save-to", str(folder), "--out", str(tmp_path / "r"))
+    result = run("train.py", "--model", str(tiny_dirs / "lm"), "--save-to", str(folder),
+                 "--out", str(tmp_path / "r"))
     assert result.returncode != 0 and "Traceback" not in result.stderr and "--save-to" in result.stderr
     assert (folder / "notes.txt").read_text() == "keep me" and not (tmp_path / "r").exists()
 
