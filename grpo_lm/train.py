@@ -66,8 +66,6 @@ class Args:
     scale_rewards: bool = arg(True, "divide advantages by the group std (false: Dr. GRPO)")
     filter_groups: bool = arg(True, "skip groups with equal rewards (DAPO dynamic sampling, no re-sampling)")
     beta: float = arg(0.0, "weight of the k3 KL penalty to the reference (0: off)", NON_NEGATIVE)
-    slip_penalty: float = arg(0.0, "minus this on the token writing the first arithmetic slip (0: off)",
-                              NON_NEGATIVE)
     lora_r: int = arg(4, "LoRA rank (RL needs very little capacity)", POSITIVE)
     warmup_examples: int = arg(64, "format warm-up on the model's own answers (0: skip)", NON_NEGATIVE)
     eval_every: int = arg(10, "steps between held-out evaluations", POSITIVE)
@@ -99,13 +97,12 @@ def token_entropy(logits: torch.Tensor, temperature: float, rows: int = 4) -> to
 def grpo_loss(logp, old_logp, advantages, mask, epsilon, epsilon_high, loss_type, max_completion_length,
               ref_logp=None, beta=0.0, batch_sequences=None, batch_tokens=None):
     """Clipped surrogate (DeepSeekMath eq. 3) + beta * k3 KL per token; logp, old_logp, ref_logp, mask (B, T),
-    advantages (B,) or per token (B, T); returns (loss, stats). grpo: mean over each sequence, then over
-    sequences (short answers weigh more per token); dapo: sum / tokens; dr_grpo: sum / (B * max length).
-    On a micro-batch, batch_sequences and batch_tokens are the whole batch's: micro-batch losses add up."""
+    advantages (B,); returns (loss, stats). grpo: mean over each sequence, then over sequences (short answers
+    weigh more per token); dapo: sum / tokens; dr_grpo: sum / (B * max_completion_length). On a micro-batch,
+    batch_sequences and batch_tokens are the whole batch's, so the micro-batch losses add up to its loss."""
     mask = mask.float()
     batch_sequences, batch_tokens = batch_sequences or mask.shape[0], batch_tokens or mask.sum().clamp(min=1)
-    ratio = torch.exp(logp - old_logp)  # rho
-    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages  # A, (B, 1) broadcast or (B, T)
+    ratio, adv = torch.exp(logp - old_logp), advantages.unsqueeze(1)  # rho; A (B, 1) broadcast over tokens
     per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high) * adv)
     kl = kl_k3(logp, ref_logp) if ref_logp is not None else None
     if kl is not None and beta:
@@ -141,8 +138,6 @@ NAMES = ["Ava", "Ben", "Mia", "Leo", "Zoe", "Sam", "Ivy", "Max", "Nora", "Omar",
 ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "coins", "cards", "shells", "stamps"]
 INSTRUCTION = "Give the final answer on the last line in the form '#### <number>'."
 FINAL_ANSWER = re.compile(r"####\s*(-?[\d,]*\d)\s*$")
-OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-WORK_LINE = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = |#### ")  # a line of work up to its result, or the end
 
 def make_problem(rng: random.Random, names: list[str] = NAMES, items: list[str] = ITEMS) -> dict:
     """A two-digit sum or difference, a times-table product, or a two-step word problem on names and items."""
@@ -203,36 +198,6 @@ def last_number(completion: str) -> str | None:
     numbers = re.findall(r"-?\d+", completion.replace(",", ""))
     return numbers[-1] if numbers else None
 
-def first_slip(text: str) -> int | None:
-    """The index of the first character where the work goes wrong, or None: a result digit the line's own
-    numbers do not give (`47 + 38 = 75`: the 7), a result that stops short (`47 + 38 = 8 `: the space), a
-    final `#### N` that is not the last result. ppo_rlhf_math's rule: a step label (Lightman 2023)."""
-    start, last = 0, None
-    for line in text.split("\n"):
-        match = WORK_LINE.match(line)
-        if match and (match.group(1) or last is not None):
-            a, op, b = match.groups()
-            right = str(OPS[op](int(a), int(b))) if a else last
-            written = re.match(r"-?\d*", line[match.end():]).group()
-            closed = match.end() + len(written) < len(line) or start + len(line) < len(text)  # more follows
-            common = len(os.path.commonprefix([written, right]))
-            if common < len(written) or (closed and written != right):
-                return start + match.end() + common
-            last = written
-        start += len(line) + 1
-    return None
-
-def slip_tokens(tokenizer, completion_ids, mask, texts: list[str]) -> torch.Tensor:
-    """(B, T): 1 on the token that writes each completion's first slip (the first whose decoded prefix
-    reaches past it), 0 elsewhere."""
-    marks = torch.zeros(mask.shape)
-    for row, (ids, m, text) in enumerate(zip(completion_ids, mask, texts)):
-        if (slip := first_slip(text)) is not None:
-            ids = ids[m.bool()].tolist()
-            marks[row, next(t for t in range(len(ids))
-                            if len(tokenizer.decode(ids[:t + 1], skip_special_tokens=True)) > slip)] = 1.0
-    return marks
-
 def correctness_reward(completions: list[str], answers: list[str]) -> torch.Tensor:
     return torch.tensor([float(extract_answer(c) == a) for c, a in zip(completions, answers)])
 
@@ -273,10 +238,9 @@ def rollout(policy, tokenizer, problems: list[dict], args: Args) -> dict:
     ids = ids[:, :mask.sum(1).max()]  # drop columns that are padding in every row
     mask = mask[:, :ids.shape[1]]
     texts = decode(tokenizer, ids, mask)
-    slips = slip_tokens(tokenizer, ids, mask, texts)  # (B, T), for --slip-penalty
     parts = {"correct": correctness_reward(texts, [p["answer"] for p in rows]),
-             "format": format_reward(texts), "slip": slips.sum(1)}  # "slip": logged, not rewarded
-    return {"tokens": (prompt_ids, prompt_mask, ids, mask), "components": parts, "slips": slips,
+             "format": format_reward(texts)}
+    return {"tokens": (prompt_ids, prompt_mask, ids, mask), "components": parts,
             "rewards": CORRECT_WEIGHT * parts["correct"] + FORMAT_WEIGHT * parts["format"],
             "truncated": (ids != tokenizer.eos_token_id).all(1).float()}  # no EOS within the limit
 
@@ -389,13 +353,9 @@ def train(args: Args) -> Path:
         # 2. Advantages relative to the group; a group with equal rewards has none.
         grouped = batch["rewards"].view(-1, G)  # (num_prompts, G)
         advantages = group_advantages(grouped, args.scale_rewards).flatten()  # (B,)
-        # Per token, minus --slip-penalty where the work first goes wrong: the rule PPO's reward has too,
-        # a credit no single number per completion gives (a step label, DeepSeekMath section 4.1.3).
-        advantages = advantages[:, None] - args.slip_penalty * batch["slips"]  # (B, T)
         # --filter-groups skips their passes, on one process only: under DDP all run the same backward passes
         filtering = args.filter_groups and accelerator.num_processes == 1
         keep = ((grouped.std(1) > 0) | (not filtering)).repeat_interleave(G)
-        keep |= batch["slips"].bool().any(1) & (args.slip_penalty > 0)  # a penalised token has a gradient
         # 3. Update: clipped policy gradient on the kept completions.
         policy.train()
         stats = {"loss": 0.0, "clip_frac": 0.0, "kl": float("nan"), "entropy": float("nan")}

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, CharTokenizer, char_batch, load_script, save_tiny_models
+from conftest import REPO, load_script, save_tiny_models
 
 train = load_script("grpo_lm")
 FOLDER = REPO / "grpo_lm"
@@ -101,26 +101,6 @@ def test_grpo_loss_by_hand():
                                      ref_logp=old, beta=0.5)
     k3 = train.kl_k3(logp.detach(), old)
     assert kl_loss.item() == pytest.approx(0.5 * (k3 * mask).sum().item() / 5, abs=1e-5)
-
-
-def test_slip_tokens_and_per_token_advantages():
-    assert train.first_slip("82 + 17 = 99\n#### 99") is None and train.first_slip("82 + 17 = 9") is None
-    assert train.first_slip("5 * 8 = 40\n40 - 17 = 33\n#### 33") == len("5 * 8 = 40\n40 - 17 = ")
-    assert train.first_slip("82 + 17 = 99\n#### 98") == len("82 + 17 = 99\n#### 9")  # the end contradicts
-    texts = ["8 + 1 = 10\n#### 10", "8 + 1 = 9\n#### 9"]
-    ids, mask = char_batch(texts)
-    width = ids.shape[1]
-    marks = train.slip_tokens(CharTokenizer(), ids, mask, texts)
-    assert marks[0, len("8 + 1 = ")] == 1 and marks.sum() == 1
-    # (B,) advantages and the same numbers per token give one loss; a penalised token lowers its log-prob
-    logp, adv = torch.randn(2, width).requires_grad_(), torch.tensor([0.5, -0.5])
-    plain, _ = train.grpo_loss(logp, logp.detach(), adv, mask, 0.2, 0.28, "dapo", width)
-    spread = adv[:, None].expand(2, width)
-    per_token, _ = train.grpo_loss(logp, logp.detach(), spread, mask, 0.2, 0.28, "dapo", width)
-    assert plain.item() == per_token.item()
-    penalised, _ = train.grpo_loss(logp, logp.detach(), adv[:, None] - marks, mask, 0.2, 0.28, "dapo", width)
-    penalised.backward()
-    assert logp.grad[0, len("8 + 1 = ")] > 0 and logp.grad[0, 0] < 0  # lower the slip, raise the rest
 
 
 def test_completion_mask_keeps_eos_when_pad_is_eos():
