@@ -83,22 +83,6 @@ def save_tiny_models(root: Path) -> None:
     LlamaForCausalLM(LlamaConfig(**config)).save_pretrained(root / "lm")
 
 
-class CharTokenizer:
-    """One token per character, as SmolLM2 splits digits: enough to find the token that writes a slip."""
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(i) for i in ids)
-
-
-def char_batch(texts: list[str]):
-    """(ids, mask) of the texts as CharTokenizer ids, right-padded with 0."""
-    import torch
-    width = max(map(len, texts))
-    ids = torch.tensor([[ord(c) for c in t] + [0] * (width - len(t)) for t in texts])
-    mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in texts])
-    return ids, mask
-
-
 @pytest.fixture
 def repo() -> Path:
     return REPO

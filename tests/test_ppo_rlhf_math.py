@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, CharTokenizer, char_batch, load_script, save_tiny_tokenizer, tiny_llama_config
+from conftest import REPO, load_script, save_tiny_tokenizer, tiny_llama_config
 
 train = load_script("ppo_rlhf_math")
 FOLDER = REPO / "ppo_rlhf_math"
@@ -211,9 +211,14 @@ def test_first_slip_marks_where_the_work_goes_wrong():
 
 
 def test_slip_penalty_lands_on_the_token_that_writes_it():
+    class DigitTokenizer:  # one token per character, as SmolLM2 splits digits
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(chr(i) for i in ids)
     texts = ["8 + 1 = 10\n#### 10", "8 + 1 = 9\n#### 9"]
-    ids, mask = char_batch(texts)
-    penalties, no_slip = train.slip_penalties(CharTokenizer(), ids, mask, texts, 0.5)
+    width = max(map(len, texts))
+    ids = torch.tensor([[ord(c) for c in t] + [0] * (width - len(t)) for t in texts])
+    mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in texts])
+    penalties, no_slip = train.slip_penalties(DigitTokenizer(), ids, mask, texts, 0.5)
     assert penalties[0, len("8 + 1 = ")] == -0.5 and penalties.sum() == -0.5 and no_slip.tolist() == [0, 1]
 
 
