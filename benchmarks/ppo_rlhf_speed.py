@@ -2,7 +2,7 @@
 step and of a reward-model step, and what bf16 does to the numbers. Run it alone on the machine.
 
     python benchmarks/ppo_rlhf_speed.py                  # 2 threads; greedy check on 50 held-out problems
-    python benchmarks/ppo_rlhf_speed.py --eval-size 0    # timings only (~3 minutes on a 2-core Xeon)
+    python benchmarks/ppo_rlhf_speed.py --eval-size 0    # timings only (a few minutes)
 
 Issue 25 keeps train.py's speed path only if the 2-hour bar needs it, and asks whether bf16 autocast
 (torch.autocast("cpu", torch.bfloat16); fast on CPUs with avx512_bf16 or AMX) buys the same time with less
