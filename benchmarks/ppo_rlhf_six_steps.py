@@ -4,16 +4,14 @@
     git worktree add /tmp/old <commit> && python benchmarks/ppo_rlhf_six_steps.py \
         --train /tmp/old/ppo_rlhf_math/train.py > old.json                       # the same on an older one
     python benchmarks/ppo_rlhf_six_steps.py --compare old.json new.json           # equal to 4 decimals?
-    python benchmarks/ppo_rlhf_six_steps.py --plain > plain.json                  # without the speed path
 
 A refactor of train.py that claims "no result changes" must give the same rollouts, rewards, KL and losses
 step for step. The run is `train.py --stage ppo` with the defaults but for a smaller rollout (16
 completions, 2 minibatches of 8), one thread and a 2-problem evaluation (greedy, so it draws no random
 numbers); it reads the SFT adapter and reward model shipped beside the train.py given, and prints, last, one
 JSON line: a list of {column: value rounded to 4 decimals} per step, read from the run's metrics.csv. Flags
-after the script's own go to train.py (e.g. `--ppo-lora-layers 0`: the adapter on every block). `--plain`
-keeps the adapter on the top 10 blocks and switches the speed path off (nothing recorded while sampling, the
-reward model's rows at full width): what train.py gives without that section. About 4 minutes on one core.
+after the script's own go to train.py (e.g. `--ppo-lora-layers 0`: the adapter on every block). About 4
+minutes on one core.
 """
 import argparse
 import contextlib
@@ -31,14 +29,10 @@ COLUMNS = ("score", "reward_correct", "reward_format", "reward_brevity", "reward
            "response_length")
 
 
-def six_steps(train_py: Path, steps: int, passed: list[str], plain: bool = False) -> list[dict]:
+def six_steps(train_py: Path, steps: int, passed: list[str]) -> list[dict]:
     spec = importlib.util.spec_from_file_location("ppo_rlhf_math_train_checked", train_py)
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
-    if plain:  # the speed path off: nothing recorded while sampling, the reward model's rows at full width
-        train.first_adapted_block = lambda model: 0
-        train.hidden_by_length = lambda rm, ids, segments, positions, places, lengths: rm.hidden(
-            ids, segments, positions, places)
     folder = train_py.parent
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         args = train.parse_args(["--stage", "ppo", "--ppo-steps", str(steps), "--rollout-size", "16",
@@ -69,14 +63,12 @@ def main() -> None:
     parser.add_argument("--train", type=Path, default=REPO / "ppo_rlhf_math" / "train.py",
                         help="train.py to run")
     parser.add_argument("--steps", type=int, default=6, help="PPO steps")
-    parser.add_argument("--plain", action="store_true",
-                        help="switch train.py's speed path off (first_adapted_block, hidden_by_length)")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"),
                         help="compare two outputs instead")
     args, passed = parser.parse_known_args()
     if args.compare:
         raise SystemExit(compare(*args.compare))
-    print(json.dumps(six_steps(args.train.resolve(), args.steps, passed, args.plain)))
+    print(json.dumps(six_steps(args.train.resolve(), args.steps, passed)))
 
 
 if __name__ == "__main__":

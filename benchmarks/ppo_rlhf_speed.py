@@ -1,16 +1,14 @@
-"""ppo_rlhf_math's speed path and bf16 autocast against its plain fp32 path: seconds of the parts of a PPO
-step and of a reward-model step, and what bf16 does to the numbers. Run it alone on the machine.
+"""ppo_rlhf_math under bf16 autocast against its fp32 path: seconds of the parts of a PPO step and of a
+reward-model step, and what bf16 does to the numbers. Run it alone on the machine.
 
     python benchmarks/ppo_rlhf_speed.py                  # 2 threads; greedy check on 50 held-out problems
     python benchmarks/ppo_rlhf_speed.py --eval-size 0    # timings only (a few minutes)
 
-Issue 25 keeps train.py's speed path only if the 2-hour bar needs it, and asks whether bf16 autocast
-(torch.autocast("cpu", torch.bfloat16); fast on CPUs with avx512_bf16 or AMX) buys the same time with less
-code. Three ways to run each part, with train.py's defaults and functions:
-  speed   what train.py does: PPO's rollout records the frozen lower blocks and later passes start above
-          them; the reward model runs rows at most half the longest as a narrower batch (hidden_by_length)
-  plain   the same passes over every block and every row at full width (the readable path alone)
-  bf16    the plain passes under bf16 autocast (policy_forward's log-softmax stays fp32)
+Issue 25 asks whether bf16 autocast (torch.autocast("cpu", torch.bfloat16); fast on CPUs with avx512_bf16
+or AMX) buys time. Two ways to run each part, with train.py's defaults and functions:
+  fp32    what train.py does
+  bf16    the same passes under bf16 autocast (policy_forward's log-softmax stays fp32)
+(Commit 240610b's version also timed train.py's speed path, removed since: ppo_rlhf_math/NOTES.md 20-21.)
 PPO (the shipped policy: SFT merged + ppo_adapter on the top 10 blocks): sampling the rollout (temperature 1;
 the same seed for fp32 and bf16), the no-grad pass for old log-probs and values over the rollout (a step runs
 it twice: policy and reference), one forward and backward of a minibatch (a step runs it
@@ -32,7 +30,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "ppo_rlhf_math"
-WAYS = ("speed", "plain", "bf16")
+WAYS = ("fp32", "bf16")
 
 
 def load_train():
@@ -72,20 +70,16 @@ def ppo_parts(train, config, args) -> dict:
 
     rows = {way: {} for way in WAYS}
     with contextlib.redirect_stdout(sys.stderr):
-        rows["speed"]["ppo_sample"] = seconds(lambda: sample("speed"))
-        rows["bf16"]["ppo_sample"] = seconds(lambda: sample("bf16"))
-    rows["plain"]["ppo_sample"] = rows["speed"]["ppo_sample"]  # sampling runs every block either way
-    batch = sample("speed")  # batch["lower"]: the recorded lower blocks
-    batches = {"speed": batch, **dict.fromkeys(("plain", "bf16"), {k: v for k, v in batch.items()
-                                                                  if k != "lower"})}
-    logps = {}
+        for way in WAYS:
+            rows[way]["ppo_sample"] = seconds(lambda: sample(way))
+    batch, logps = sample("fp32"), {}
 
     def no_grad_pass(way):
         with torch.no_grad(), precision(way):
-            logps[way] = train.policy_forward(policy, value_head, batches[way], config.temperature)[0]
+            logps[way] = train.policy_forward(policy, value_head, batch, config.temperature)[0]
 
     def forward_backward(way):
-        mini = {k: v[:config.minibatch_size] for k, v in batches[way].items()}
+        mini = {k: v[:config.minibatch_size] for k, v in batch.items()}
         m = mini["mask"].float()
         with precision(way):
             logp, values, _ = train.policy_forward(policy, value_head, mini, config.temperature)
@@ -97,16 +91,15 @@ def ppo_parts(train, config, args) -> dict:
     for way in WAYS:
         rows[way]["ppo_no_grad_pass"] = seconds(lambda: no_grad_pass(way))
         rows[way]["ppo_forward_backward"] = seconds(lambda: forward_backward(way))
-        diff = (logps[way] - logps["speed"])[batch["mask"].bool()].abs()
+        diff = (logps[way] - logps["fp32"])[batch["mask"].bool()].abs()
         rows[way]["logp_max_diff"], rows[way]["logp_mean_diff"] = (round(diff.max().item(), 5),
                                                                    round(diff.mean().item(), 6))
     if args.eval_size:
         heldout, width = train.heldout_problems(args.eval_size), config.max_new_tokens
-        for way in ("speed", "bf16"):
+        for way in WAYS:
             with precision(way), contextlib.redirect_stdout(sys.stderr):
                 metrics, _ = train.evaluate(policy, tokenizer, heldout, width, config.batch_size)
             rows[way]["greedy_accuracy"] = metrics["accuracy"]
-        rows["plain"]["greedy_accuracy"] = rows["speed"]["greedy_accuracy"]  # greedy runs every block
     return rows
 
 
@@ -126,12 +119,11 @@ def reward_parts(train, args) -> dict:
 
     phases = {f"rm_{phase}": encoded(phase) for phase in ("arithmetic", "warmup", "pairs")}
     rows = {way: {} for way in WAYS}
-    for phase, (ids, segments, positions, places, lengths) in phases.items():
+    for phase, (ids, segments, positions, places, _) in phases.items():
         for way in WAYS:
             def step():
                 with precision(way):
-                    hidden = (train.hidden_by_length(rm, ids, segments, positions, places, lengths)
-                              if way == "speed" else rm.hidden(ids, segments, positions, places))
+                    hidden = rm.hidden(ids, segments, positions, places)
                     loss = rm.head(hidden).float().mean() + rm.next_char_loss(hidden, ids, segments)
                 loss.backward()
                 rm.zero_grad(set_to_none=True)
@@ -151,7 +143,7 @@ def main() -> None:
     config = train.Args()
     ppo, reward = ppo_parts(train, config, args), reward_parts(train, args)
     rows = {way: {**ppo[way], **reward[way]} for way in WAYS}
-    columns = list(rows["speed"])
+    columns = list(rows["fp32"])
     print(f"{'':8}" + "".join(f"{c:>22}" for c in columns))
     for way, row in rows.items():
         print(f"{way:8}" + "".join(f"{row[c]:>22}" for c in columns))

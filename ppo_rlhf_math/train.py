@@ -394,7 +394,7 @@ class RewardModel(nn.Module):
         return self.norm(self.body(x, mask=causal, is_causal=True))
 
     def forward(self, ids, segments, positions, places, lengths) -> torch.Tensor:  # (B,) scores at END
-        hidden = hidden_by_length(self, ids, segments, positions, places, lengths)  # speed path
+        hidden = self.hidden(ids, segments, positions, places)
         return self.head(hidden[torch.arange(len(ids)), lengths - 1]).squeeze(-1)
 
     def next_char_loss(self, hidden, ids, segments) -> torch.Tensor:
@@ -476,7 +476,7 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
     def solution_loss() -> tuple[torch.Tensor, dict]:
         n = RM_BATCH["arithmetic"]
         encoded = encode_for_reward([None] * n, [fresh_problem()["solution"] for _ in range(n)])
-        loss = rm.next_char_loss(hidden_by_length(rm, *encoded), encoded[0], encoded[1])
+        loss = rm.next_char_loss(rm.hidden(*encoded[:4]), encoded[0], encoded[1])
         return loss, {"next_char_loss": loss.item()}
 
     def pair_loss(bare: bool) -> tuple[torch.Tensor, dict]:  # bare: no questions, no sampled pairs
@@ -490,7 +490,7 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
         questions, chosen, rejected, _ = map(list, zip(*batch))
         ids, segments, positions, places, lengths = encode_for_reward(  # rows: [chosen; rejected]
             [None] * 2 * n if bare else questions * 2, chosen + rejected)
-        hidden = hidden_by_length(rm, ids, segments, positions, places, lengths)
+        hidden = rm.hidden(ids, segments, positions, places)
         every_score = rm.head(hidden).squeeze(-1)  # (2n, L): the head read at every character
         scores = every_score[torch.arange(2 * n), lengths - 1]
         targets = torch.cat([prefix_targets(c, r, segments[[i, n + i]])
@@ -525,12 +525,11 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
 # ====== Stage 3: PPO. Each step: rollout, score, advantages, update ====================================
 def policy_forward(policy, value_head, batch: dict, temperature: float):
     """(B, T) each: log-probs of the completion under softmax(logits / T), values V_t (None without a head),
-    entropy. With batch["lower"], only the adapted blocks run (the speed path: skip on a first reading)."""
+    entropy."""
     attention = torch.cat([batch["prompt_mask"], batch["mask"]], dim=1)  # (B, P + T), prompts left-padded
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-    with from_cached_lower_blocks(policy, batch.get("lower"), ids) as inputs:  # else {"input_ids": ids}
-        out = policy(**inputs, attention_mask=attention, position_ids=(attention.cumsum(1) - 1).clamp(min=0),
-                     output_hidden_states=True, logits_to_keep=1)
+    out = policy(input_ids=ids, attention_mask=attention, position_ids=(attention.cumsum(1) - 1).clamp(min=0),
+                 output_hidden_states=True, logits_to_keep=1)
     real = batch["mask"].bool()
     states = out.hidden_states[-1][:, -(real.shape[1] + 1):-1]  # (B, T, H): the state before each token
     # The 49k-wide output head reads the states before real tokens only, packed (N, H): no (B, T, V).
@@ -543,14 +542,10 @@ def policy_forward(policy, value_head, batch: dict, temperature: float):
     return logp, value_head(states).squeeze(-1) if value_head is not None else None, entropy
 
 def rollout(model, tokenizer, problems: list[dict], args: Args) -> dict:
-    """1. A completion per prompt: prompt_ids, prompt_mask (B, P), completion_ids, mask (B, T), "lower"."""
+    """1. A completion per prompt: prompt_ids, prompt_mask (B, P), completion_ids, mask (B, T)."""
     prompts = [build_prompt(tokenizer, p["question"]) for p in problems]
-    with recording_lower_blocks(model) as pieces:  # records nothing when the adapter covers every block
-        sampled = generate(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
-    batch = dict(zip(("prompt_ids", "prompt_mask", "completion_ids", "mask"), sampled))
-    if pieces:
-        batch["lower"] = join_pieces(pieces, batch["prompt_ids"].shape[1] + batch["mask"].shape[1])
-    return batch
+    sampled = generate(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
+    return dict(zip(("prompt_ids", "prompt_mask", "completion_ids", "mask"), sampled))
 
 def score(batch: dict, problems: list[dict], texts: list[str], tokenizer, reward_model, args: Args):
     """2. The sequence reward (B,) with the reward model's score, its parts (logged), the slip penalties."""
@@ -672,61 +667,6 @@ def train_ppo(args: Args, run_dir: Path, sft_adapter: Path, reward_dir: Path, lo
         plot_ppo(rows, evals, run_dir / "ppo" / "learning_curve.png")
         writer.close()
     return {"final": evals[-1] if evals else {}, "evals": evals}
-
-# ------ The speed path (skip on a first reading) ------------------------------------------------------
-# 1. With the adapter on the top blocks only (--ppo-lora-layers), the frozen blocks below give the same
-# output in every pass of a rollout: it is recorded while sampling, and each later pass starts above it
-# (the same log-probs, values and gradients, tested). 2. The reward model's short rows as their own batch.
-def first_adapted_block(model) -> int:
-    layers = getattr(model, "module", model).peft_config["default"].layers_to_transform  # None: all blocks
-    return min(layers) if layers else 0
-
-@contextlib.contextmanager
-def recording_lower_blocks(model):
-    """Inside, each forward pass appends the hidden state entering the first adapted block to the list."""
-    pieces, first = [], first_adapted_block(model)
-    if not first:
-        yield pieces
-        return
-    block = getattr(model, "module", model).get_base_model().model.layers[first]
-    handle = block.register_forward_pre_hook(lambda module, args, kwargs: pieces.append(
-        (args[0] if args else kwargs["hidden_states"]).detach()), with_kwargs=True)
-    try:
-        yield pieces
-    finally:
-        handle.remove()
-
-def join_pieces(pieces: list[torch.Tensor], length: int) -> torch.Tensor:
-    """The pieces as one (B, length, H) tensor. The last sampled token was never fed back: zeros stand in
-    for its state, which predicts nothing scored, and causal attention keeps it from every earlier one."""
-    lower = torch.cat(pieces, dim=1)[:, :length]
-    return F.pad(lower, (0, 0, 0, length - lower.shape[1]))
-
-@contextlib.contextmanager
-def from_cached_lower_blocks(policy, lower: torch.Tensor | None, ids: torch.Tensor):
-    """{"input_ids": ids}, or {"inputs_embeds": lower} while the decoder holds the adapted blocks only."""
-    if lower is None:
-        yield {"input_ids": ids}
-        return
-    decoder = getattr(policy, "module", policy).get_base_model().model
-    blocks = decoder.layers
-    decoder.layers = blocks[first_adapted_block(policy):]
-    try:
-        yield {"inputs_embeds": lower}
-    finally:
-        decoder.layers = blocks
-
-def hidden_by_length(rm: RewardModel, ids, segments, positions, places, lengths) -> torch.Tensor:
-    """rm.hidden, rows at most half the longest as a narrower batch (recursively); 0 beyond each row."""
-    short = lengths <= lengths.max() // 2
-    if not short.any():
-        return rm.hidden(ids, segments, positions, places)
-    out = torch.zeros(*ids.shape, rm.norm.normalized_shape[0])
-    for rows in (short, ~short):
-        w = int(lengths[rows].max())
-        out[rows, :w] = hidden_by_length(rm, ids[rows, :w], segments[rows, :w], positions[rows, :w],
-                                         places[rows, :w], lengths[rows])
-    return out
 
 # ====== The driver: --stage sft, reward, ppo or all ====================================================
 def train(args: Args) -> dict:

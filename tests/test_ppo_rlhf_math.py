@@ -136,32 +136,17 @@ def test_policy_loss_clips_and_is_zero_for_zero_advantage():
     assert loss0.item() == 0
 
 
-def test_upper_blocks_pass_equals_the_full_pass(tiny_lm):
-    """With the adapter on the top block only, running just that block from the frozen block's output recorded
-    while sampling (the speed path) gives the plain full pass's log-probs, values, entropy and gradients."""
+def test_adapter_on_the_top_blocks_only(tiny_lm):
+    """--ppo-lora-layers 1: the lower block stays frozen, and the log-probs' gradient reaches the adapter."""
     torch.manual_seed(0)
     base, tokenizer = train.load_base(str(tiny_lm))
     policy = train.add_lora(base, top_blocks=1)
-    for name, p in policy.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.5)  # a non-trivial adapter
-    value_head = torch.nn.Linear(base.config.hidden_size, 1)
+    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.1." in n and "lora_" in n for n in trainable)
     batch = train.rollout(policy, tokenizer, [{"question": "1 + 2 ="}, {"question": "10 + 20 + 3 ="}],
                           train.Args(max_new_tokens=5))
-    plain = {k: v for k, v in batch.items() if k != "lower"}
-    assert train.first_adapted_block(policy) == 1
-    assert not any(p.requires_grad for n, p in policy.named_parameters() if ".layers.0." in n)
-    assert batch["lower"].shape[:2] == (2, batch["prompt_ids"].shape[1] + batch["mask"].shape[1])
-    full, upper = (train.policy_forward(policy, value_head, b, 1.0) for b in (plain, batch))
-    mask = batch["mask"]
-    for a, b in zip(full, upper):
-        assert torch.allclose(a * mask, b * mask, atol=1e-5)
-    grads = []
-    for out in (full, upper):
-        policy.zero_grad()
-        (out[0] * mask).sum().backward()
-        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters() if p.requires_grad]))
-    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-5)
+    (train.policy_forward(policy, None, batch, 1.0)[0] * batch["mask"]).sum().backward()
+    assert all(p.grad is not None for p in policy.parameters() if p.requires_grad)
 
 
 def test_policy_log_probs_match_the_models_own_head(tiny_lm):
@@ -241,24 +226,6 @@ def test_reward_model_reads_the_last_real_token():
     fresh = train.RewardModel(dim=16, layers=1)
     loss = fresh.next_char_loss(fresh.hidden(ids, segments, positions, places), ids, segments)
     assert torch.isfinite(loss) and loss.item() > 0
-
-
-def test_reward_model_short_rows_as_their_own_batch():
-    """Given the lengths, short rows run as a narrower batch: the same states on every real character."""
-    torch.manual_seed(0)
-    rm = train.RewardModel(dim=16, layers=1)
-    questions = ["What is 2 + 3?",
-                 "Ana has 5 apples. Ana gets 7 more and then gives away 4. "
-                 "How many apples does Ana have now?", None]
-    ids, segments, positions, places, lengths = train.encode_for_reward(
-        questions, ["2 + 3 = 5\n#### 5", "5 + 7 = 12\n12 - 4 = 8\n#### 8", "#### 1"])
-    full = rm.hidden(ids, segments, positions, places)
-    split = train.hidden_by_length(rm, ids, segments, positions, places, lengths)
-    real = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
-    assert lengths[0] <= lengths.max() // 2 and torch.allclose(full[real], split[real], atol=1e-5)
-    split[real].sum().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all()
-               for n, p in rm.named_parameters() if not n.startswith(("head", "next_char")))
 
 
 def test_prefix_targets_mark_the_first_wrong_digit():
