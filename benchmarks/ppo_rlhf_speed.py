@@ -2,7 +2,8 @@
 reward-model step, and what bf16 does to the numbers. Run it alone on the machine.
 
     python benchmarks/ppo_rlhf_speed.py                  # 2 threads; greedy check on 50 held-out problems
-    python benchmarks/ppo_rlhf_speed.py --eval-size 0    # timings only (a few minutes)
+    python benchmarks/ppo_rlhf_speed.py --eval-size 0    # timings only (a few minutes with avx512_bf16;
+                                                         # over 10 on a CPU without it, where bf16 crawls)
 
 Issue 25 asks whether bf16 autocast (torch.autocast("cpu", torch.bfloat16); fast on CPUs with avx512_bf16
 or AMX) buys time. Two ways to run each part, with train.py's defaults and functions:

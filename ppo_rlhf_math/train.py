@@ -524,8 +524,8 @@ def train_reward_model(args: Args, run_dir: Path, sft_adapter: Path, log) -> dic
 
 # ====== Stage 3: PPO. Each step: rollout, score, advantages, update ====================================
 def policy_forward(policy, value_head, batch: dict, temperature: float):
-    """(B, T) each: log-probs of the completion under softmax(logits / T), values V_t (None without a head),
-    entropy."""
+    """(B, T) each: the completion's log-probs under softmax(logits / T), the values V_t (None without a
+    head) and the entropy."""
     attention = torch.cat([batch["prompt_mask"], batch["mask"]], dim=1)  # (B, P + T), prompts left-padded
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
     out = policy(input_ids=ids, attention_mask=attention, position_ids=(attention.cumsum(1) - 1).clamp(min=0),
